@@ -1,0 +1,33 @@
+# Quick start: `make demo`, `make test`. Both set up .venv on first use and are idempotent.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test test-fast clean-cache
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch>=2.14 (pyproject) makes pip take the registry's torch+torchvision pair, not the
+# local CPU-only torch 2.13 wheel that has no matching torchvision.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/latent demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'not slow'
+
+clean-cache:
+	rm -rf "$${LATENT_CACHE_DIR:-$$HOME/.cache/latent}"

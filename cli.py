@@ -1,0 +1,445 @@
+"""The `latent` command line: parse, call the Python API (indexer/, search/), render.
+
+Errors from the library are one line on stderr and exit code 1 (2 for usage errors);
+--debug shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from indexer.errors import LatentError
+
+MAX_CELL = 60
+
+
+# -- output ---------------------------------------------------------------------------------------
+def _cell(value, width: int = MAX_CELL) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_table(rows: list[dict], columns: list[str]) -> str:
+    """An aligned text table; numbers right-aligned."""
+    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r.get(c), (int, float)) for r in rows) for c in columns]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(row) for row in cells])
+
+
+def hits_table(hits) -> str:
+    if not hits:
+        return "(no hits)"
+    rows = [{"rank": h.rank, "score": f"{h.score:.4f}", "key": h.key,
+             "text": h.text or "", "metadata": h.metadata or ""} for h in hits]
+    columns = ["rank", "score", "key"]
+    if any(h.text and h.text != h.key for h in hits):
+        columns.append("text")
+    if any(h.metadata for h in hits):
+        columns.append("metadata")
+    return render_table(rows, columns)
+
+
+def echo_hits(hits, as_json: bool, **extra) -> None:
+    if as_json:
+        click.echo(json.dumps({**extra, "hits": [
+            {"rank": h.rank, "key": h.key, "score": round(h.score, 6), "metadata": h.metadata, "text": h.text}
+            for h in hits]}, ensure_ascii=False, indent=2))
+    else:
+        click.echo(hits_table(hits))
+
+
+class Progress:
+    """tqdm bars on stderr, one per stage; silent when stdout is not a terminal or with --quiet."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, n: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=" items", file=sys.stderr,
+                                          dynamic_ncols=True, leave=False)
+        elif n == 0 and total is not None:
+            bar.reset(total=total)
+        if n:
+            bar.update(n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _progress(ctx: click.Context) -> Progress:
+    quiet = ctx.find_root().params.get("quiet", False)
+    return Progress(enabled=not quiet and sys.stdout.isatty())
+
+
+# -- shared options ---------------------------------------------------------------------------------
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(f)
+
+
+def k_option(f):
+    return click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10_000),
+                        help="Number of neighbours.")(f)
+
+
+def where_option(f):
+    return click.option("--where", metavar="EXPR",
+                        help="Metadata filter applied before ranking, e.g. \"lang=en and year>=2000\".")(f)
+
+
+def index_dir(f):
+    return click.argument("directory", type=click.Path(file_okay=False, path_type=Path))(f)
+
+
+class LatentGroup(click.Group):
+    """Turns library errors into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except LatentError as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; every batch reported as committed is kept.", err=True)
+            ctx.exit(130)
+        except Exception as e:  # a bug: say so briefly, traceback on --debug
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"Error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=LatentGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="latent")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+def cli(quiet: bool, debug: bool):
+    """latent: search and explore latent spaces of words, sentences and images.
+
+    Indexes are directories holding a SQLite store (items, metadata, vectors) and a
+    FAISS index derived from it. Encoders: minilm (sentences, default), glove (words),
+    st:<sentence-transformers model or path>.
+
+    \b
+    Example:
+        latent create notes --encoder minilm
+        latent add notes notes.jsonl --key-field id
+        latent search notes "how do vaccines work" -k 5
+    """
+
+
+# -- commands -----------------------------------------------------------------------------------------
+@cli.command()
+@index_dir
+@click.option("--encoder", "-e", default="minilm", show_default=True,
+              help="minilm, glove, or st:<sentence-transformers name or path>.")
+@click.option("--index", "index_type", default="auto", show_default=True, metavar="TYPE",
+              help="flat, hnsw, ivf, ivfpq, auto (exact while small, HNSW beyond), or a FAISS factory string.")
+def create(directory: Path, encoder: str, index_type: str):
+    """Create an empty index in DIRECTORY.
+
+    \b
+    Example:
+        latent create words --encoder glove --index hnsw
+    """
+    from indexer import Index
+
+    with Index.create(directory, encoder=encoder, index_type=index_type) as index:
+        info = index.info()
+    click.echo(f"Created {directory}: encoder {info['encoder']} ({info['dim']}-d), index {info['index_type']}")
+
+
+@cli.command()
+@index_dir
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["lines", "words", "csv", "jsonl"]),
+              help="Input format (default: by extension: .csv, .jsonl/.ndjson, else lines).")
+@click.option("--text-field", default="text", show_default=True, help="CSV/JSONL field holding the text.")
+@click.option("--key-field", help="CSV/JSONL field holding the item key (default: a hash of the text).")
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Items per batch and transaction.")
+@click.option("--encoder", "-e", help="Refuse unless the index uses this encoder.")
+@json_option
+@click.pass_context
+def add(ctx, directory: Path, inputs, fmt, text_field, key_field, batch_size, encoder, as_json):
+    """Add the items of INPUTS (files, or - for stdin) to the index in DIRECTORY.
+
+    Existing keys are replaced (upsert); unchanged items are not re-encoded. Bad lines are
+    skipped and reported with their line numbers; everything else is added.
+
+    \b
+    Example:
+        latent add notes notes.csv --text-field body --key-field id
+    """
+    from indexer import Index, read_inputs
+    from indexer.readers import check_inputs
+
+    check_inputs(inputs)
+    progress = _progress(ctx)
+    started = time.perf_counter()
+    with Index.open(directory) as index:
+        try:
+            report = index.add(read_inputs(inputs, fmt=fmt, text_field=text_field, key_field=key_field),
+                               batch_size=batch_size, encoder=encoder, progress=progress)
+        finally:
+            progress.close()
+        count = index.count()
+    elapsed = time.perf_counter() - started
+    if as_json:
+        click.echo(json.dumps({**report.as_dict(), "count": count, "seconds": round(elapsed, 3)}, indent=2))
+        return
+    click.echo(f"Added {report.added}, replaced {report.replaced}, metadata updated {report.metadata_updated}, "
+               f"unchanged {report.unchanged}, skipped {len(report.skipped)} "
+               f"({len(report.committed)} batches committed in {elapsed:.1f}s); {count} items in {directory}")
+    if report.skipped:
+        click.echo(f"Skipped {len(report.skipped)} input(s):", err=True)
+        for s in report.skipped[:50]:
+            where = f"{s.source}:{s.line}" if s.line else s.source
+            click.echo(f"  {where}: {s.reason}", err=True)
+        if len(report.skipped) > 50:
+            click.echo(f"  ... and {len(report.skipped) - 50} more (all are kept in the index's skipped table)",
+                       err=True)
+
+
+@cli.command("search")
+@index_dir
+@click.argument("query")
+@k_option
+@where_option
+@json_option
+def search_cmd(directory: Path, query: str, k: int, where: str | None, as_json: bool):
+    """Search DIRECTORY for the items nearest to QUERY (encoded by the index's encoder).
+
+    \b
+    Example:
+        latent search notes "a dog on the beach" -k 5 --where "topic=animals"
+    """
+    from indexer import Index
+    from search import search
+
+    with Index.open(directory) as index:
+        hits = search(index, query, k=k, where=where)
+    echo_hits(hits, as_json, query=query)
+
+
+@cli.command()
+@index_dir
+@click.option("--key", help="Key of an item in the index (excluded from its own results).")
+@click.option("--vector", "vector_file", type=click.Path(exists=True, dir_okay=False),
+              help="A .npy file holding one vector of the index's dimension.")
+@k_option
+@where_option
+@json_option
+def similar(directory: Path, key: str | None, vector_file: str | None, k: int, where: str | None, as_json: bool):
+    """Items of DIRECTORY nearest to a stored item (--key) or to a vector (--vector).
+
+    \b
+    Example:
+        latent similar notes --key s0202 -k 5
+    """
+    import numpy as np
+
+    from indexer import Index
+    from search import similar as find_similar
+
+    if (key is None) == (vector_file is None):
+        raise click.UsageError("give exactly one of --key or --vector")
+    vector = None
+    if vector_file:
+        try:
+            vector = np.load(vector_file, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise LatentError(f"cannot read {vector_file} as a .npy array ({e})") from e
+    with Index.open(directory) as index:
+        hits = find_similar(index, key=key, vector=vector, k=k, where=where)
+    echo_hits(hits, as_json)
+
+
+@cli.command()
+@index_dir
+@click.argument("keys", nargs=-1, required=True)
+def delete(directory: Path, keys):
+    """Delete items by key from DIRECTORY.
+
+    \b
+    Example:
+        latent delete notes s0001 s0002
+    """
+    from indexer import Index
+
+    with Index.open(directory) as index:
+        deleted, missing = index.delete(list(keys))
+        count = index.count()
+    click.echo(f"Deleted {deleted}; {count} items left in {directory}")
+    if missing:
+        click.echo(f"Not found: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}", err=True)
+
+
+@cli.command()
+@index_dir
+@json_option
+def info(directory: Path, as_json: bool):
+    """Count, encoder, dimension, metric, index type, size on disk and generation of DIRECTORY.
+
+    \b
+    Example:
+        latent info notes --json
+    """
+    from indexer import Index
+
+    with Index.open(directory) as index:
+        facts = index.info()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    width = max(len(k) for k in facts)
+    for key, value in facts.items():
+        click.echo(f"{key.ljust(width)}  {_cell(value, 200)}")
+
+
+@cli.command()
+@index_dir
+@json_option
+def check(directory: Path, as_json: bool):
+    """Check DIRECTORY: SQLite integrity, FAISS ids == item ids, generations match. Changes nothing.
+
+    Exits 1 when a problem is found.
+
+    \b
+    Example:
+        latent check notes
+    """
+    from indexer import Index
+
+    with Index.open(directory) as index:
+        report = index.check()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif report["ok"]:
+        click.echo(f"OK: {report['count']} items, generation {report['generation']}, "
+                   f"SQLite {report['sqlite_integrity']}, vector index in step with the store")
+    else:
+        for problem in report["problems"]:
+            click.echo(f"Problem: {problem}", err=True)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@cli.command()
+@index_dir
+@click.pass_context
+def rebuild(ctx, directory: Path):
+    """Rebuild the FAISS index of DIRECTORY from its store.
+
+    \b
+    Example:
+        latent rebuild notes
+    """
+    from indexer import Index
+
+    progress = _progress(ctx)
+    started = time.perf_counter()
+    with Index.open(directory) as index:
+        try:
+            index.rebuild(progress=progress)
+        finally:
+            progress.close()
+        facts = index.info()
+    click.echo(f"Rebuilt {directory}: {facts['count']} items, {facts['faiss_factory']}, "
+               f"generation {facts['generation']} in {time.perf_counter() - started:.1f}s")
+
+
+@cli.command()
+@click.argument("word")
+@k_option
+@json_option
+@click.pass_context
+def words(ctx, word: str, k: int, as_json: bool):
+    """Nearest GloVe words to WORD (builds a cached word index on first use).
+
+    \b
+    Example:
+        latent words toilet -k 5
+    """
+    from search.words import neighbours
+
+    progress = _progress(ctx)
+    try:
+        hits = neighbours(word, k=k, progress=progress)
+    finally:
+        progress.close()
+    echo_hits(hits, as_json, word=word)
+
+
+@cli.command()
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 50), help="Neighbours per query.")
+@click.pass_context
+def demo(ctx, k: int):
+    """Nearest neighbours of a few words and sentences on the bundled models (no network).
+
+    The first run builds the cached indexes (all GloVe words, the demo sentences);
+    later runs reuse them.
+
+    \b
+    Example:
+        latent demo
+    """
+    from indexer.builtin import cache_dir
+    from search.demo import run_demo
+
+    started = time.perf_counter()
+    progress = _progress(ctx)
+    try:
+        results = run_demo(k=k, progress=progress)
+    finally:
+        progress.close()
+    for title, hits in results:
+        click.echo(f"\n{title}")
+        click.echo(hits_table(hits))
+    click.echo(f"\nDone in {time.perf_counter() - started:.1f}s (indexes cached in {cache_dir()})")
+
+
+@cli.command()
+def encoders():
+    """List the encoders.
+
+    \b
+    Example:
+        latent encoders
+    """
+    from indexer import list_encoders
+
+    for name, desc in list_encoders().items():
+        click.echo(f"{name:<20} {desc}")
+
+
+def main() -> None:
+    cli(prog_name="latent")
+
+
+if __name__ == "__main__":
+    main()

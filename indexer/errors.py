@@ -1,0 +1,51 @@
+"""Typed errors of latent. Every message says what went wrong and what to do next;
+the CLI prints it as one line and exits 1."""
+
+
+class LatentError(Exception):
+    """Base class of every error latent raises on purpose."""
+
+
+class IndexNotFound(LatentError):
+    """The directory holds no latent index."""
+
+
+class IndexExists(LatentError):
+    """`create` was asked for a directory that already holds an index."""
+
+
+class EncoderMismatch(LatentError):
+    """A query, vector or addition does not fit the index's encoder or dimension."""
+
+
+class EncoderUnavailable(LatentError):
+    """An encoder cannot be loaded (unknown name, missing weights, no network)."""
+
+
+class OutOfVocabulary(LatentError):
+    """A word encoder was given words it does not know."""
+
+    def __init__(self, words, encoder="glove"):
+        self.words = list(words)
+        shown = ", ".join(repr(w) for w in self.words[:5])
+        more = f" and {len(self.words) - 5} more" if len(self.words) > 5 else ""
+        super().__init__(
+            f"not in the {encoder} vocabulary: {shown}{more} "
+            "(words are matched lower-cased; try a more common spelling)"
+        )
+
+
+class LockTimeout(LatentError):
+    """Another process holds the index's write lock for too long."""
+
+
+class FilterError(LatentError):
+    """A --where expression cannot be parsed."""
+
+
+class InputError(LatentError):
+    """An input file or argument cannot be read at all."""
+
+
+class IndexCorrupt(LatentError):
+    """The vector index file cannot be used; the store can rebuild it."""

@@ -1,0 +1,449 @@
+"""An index directory: the store (SQLite, source of truth), the vector index (FAISS,
+derived) and the writer lock. Opening catches a stale vector index up with the store
+(or rebuilds it) before any query; every write goes through here."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from . import vector_index as vx
+from .encoders import Encoder, get_encoder
+from .errors import EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, LatentError, OutOfVocabulary
+from .lock import WriteLock
+from .readers import Item, Record, Skip, content_hash
+from .store import DB_NAME, Store
+
+Progress = Callable[[str, int, "int | None"], None]  # (stage, advanced by, total or None)
+SAVE_EVERY_S = 60.0
+
+
+@dataclass
+class IngestReport:
+    """What one `add` did. `committed` lists (generation, items) per committed batch."""
+
+    added: int = 0
+    replaced: int = 0
+    metadata_updated: int = 0
+    unchanged: int = 0
+    skipped: list[Skip] = field(default_factory=list)
+    committed: list[tuple[int, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "added": self.added, "replaced": self.replaced, "metadata_updated": self.metadata_updated,
+            "unchanged": self.unchanged, "skipped": len(self.skipped), "batches": len(self.committed),
+            "skipped_lines": [{"source": s.source, "line": s.line, "reason": s.reason} for s in self.skipped],
+        }
+
+
+def _no_progress(stage: str, n: int, total: int | None) -> None:
+    pass
+
+
+class Index:
+    """A latent index directory. Use `Index.create` or `Index.open`."""
+
+    def __init__(self, directory: Path, store: Store):
+        self.directory = Path(directory)
+        self.store = store
+        self.manifest = store.manifest()
+        self._vectors: vx.VectorIndex | None = None
+        self._encoder: Encoder | None = None
+        self._lock = WriteLock(self.directory)
+        self.recovered: str | None = None  # what opening had to repair, if anything
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: str | Path, *, encoder: str | Encoder = "minilm", index_type: str = "auto",
+               params: dict | None = None) -> "Index":
+        """Create an empty index in `directory` (created if needed; must not hold an index)."""
+        directory = Path(directory)
+        if (directory / DB_NAME).exists():
+            raise IndexExists(f"{directory} already holds an index; open it, or choose another directory")
+        enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
+        vx.validate_spec(index_type, enc.dim)
+        directory.mkdir(parents=True, exist_ok=True)
+        with WriteLock(directory):
+            store = Store.create(directory, {
+                "encoder": enc.name, "encoder_version": enc.version, "dim": enc.dim,
+                "modalities": list(enc.modalities), "metric": "ip", "index_type": index_type,
+                "search_params": {**vx.DEFAULT_PARAMS, **(params or {})},
+            })
+            index = cls(directory, store)
+            index._encoder = enc
+            index._vectors = index._new_vectors(0)
+            index._save_vectors()
+        return index
+
+    @classmethod
+    def open(cls, directory: str | Path) -> "Index":
+        """Open an existing index. The vector index is loaded (and repaired) on first use."""
+        directory = Path(directory)
+        if not (directory / DB_NAME).exists():
+            raise IndexNotFound(f"no latent index in {directory}; create one with `latent create {directory}`")
+        return cls(directory, Store.open(directory))
+
+    def close(self) -> None:
+        self._lock.release()
+        self.store.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- facts ------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def encoder_name(self) -> str:
+        return self.manifest["encoder"]
+
+    @property
+    def index_type(self) -> str:
+        return self.manifest["index_type"]
+
+    @property
+    def params(self) -> dict:
+        return self.manifest.get("search_params", {})
+
+    def count(self) -> int:
+        return self.store.count()
+
+    @property
+    def encoder(self) -> Encoder:
+        """The index's own encoder, loaded on first use."""
+        if self._encoder is None:
+            self._encoder = get_encoder(self.encoder_name)
+            self.check_encoder(self._encoder)
+        return self._encoder
+
+    def check_encoder(self, encoder: Encoder | str) -> None:
+        """Raise EncoderMismatch unless `encoder` is the one this index was built with."""
+        name = encoder if isinstance(encoder, str) else encoder.name
+        if name != self.encoder_name:
+            raise EncoderMismatch(
+                f"{self.directory} was built with encoder {self.encoder_name!r} ({self.dim}-d), not {name!r}; "
+                f"use --encoder {self.encoder_name} or another index"
+            )
+        if not isinstance(encoder, str) and encoder.dim != self.dim:
+            raise EncoderMismatch(
+                f"encoder {name!r} gives {encoder.dim}-d vectors but {self.directory} holds {self.dim}-d ones"
+            )
+
+    def check_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None, :]
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise EncoderMismatch(
+                f"vectors of shape {vectors.shape} do not fit {self.directory}: its encoder "
+                f"{self.encoder_name!r} makes {self.dim}-d vectors"
+            )
+        return vectors
+
+    # -- the vector index ---------------------------------------------------------------------
+    @property
+    def vectors(self) -> vx.VectorIndex:
+        """The vector index, current with the store (loaded, caught up or rebuilt as needed)."""
+        if self._vectors is None:
+            self._vectors = self._load_vectors()
+        else:
+            self.refresh()
+        return self._vectors
+
+    def refresh(self) -> None:
+        """Catch the loaded vector index up with writes made since (by this or another process)."""
+        if self._vectors is not None and self.store.generation() != self._vectors.generation:
+            self._catch_up(self._vectors)
+
+    def _new_vectors(self, n: int) -> vx.VectorIndex:
+        factory = vx.target_factory(self.index_type, n, self.dim)
+        if vx.train_threshold(factory, self.dim):
+            factory = "Flat"
+        return vx.VectorIndex.new(factory, self.dim, params=self.params)
+
+    def _load_vectors(self) -> vx.VectorIndex:
+        try:
+            vindex = vx.VectorIndex.load(self.directory, params=self.params)
+        except IndexCorrupt as e:
+            self.recovered = f"rebuilt the vector index from the store ({e})"
+            vindex = self._build_vectors()
+        else:
+            generation = self.store.generation()
+            if vindex.generation > generation:
+                self.recovered = (f"rebuilt the vector index: it claims generation {vindex.generation}, "
+                                  f"newer than the store's {generation}")
+                vindex = self._build_vectors()
+            elif vindex.generation < generation:
+                self.recovered = f"caught the vector index up from generation {vindex.generation} to {generation}"
+                self._catch_up(vindex)
+        if self.recovered:  # persist the repair so the next open is fast; skipped while a writer is busy
+            held = self._lock.held
+            if held or self._lock.try_acquire():
+                try:
+                    self._vectors = vindex
+                    self._save_vectors()
+                finally:
+                    if not held:
+                        self._lock.release()
+        return vindex
+
+    def _catch_up(self, vindex: vx.VectorIndex) -> None:
+        with self.store.snapshot():
+            generation = self.store.generation()
+            removed = self.store.deleted_since(vindex.generation)
+            added = list(self.store.iter_vectors(self.dim, since_generation=vindex.generation))
+        vindex.remove(removed)
+        for ids, vectors in added:
+            vindex.add(ids, vectors)
+        vindex.generation = generation
+
+    def _build_vectors(self, progress: Progress = _no_progress) -> vx.VectorIndex:
+        with self.store.snapshot():
+            generation = self.store.generation()
+            n = self.store.count()
+            ids = self.store.ids()
+
+            def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                yield from self.store.iter_vectors(self.dim)
+
+            def sample(count: int) -> np.ndarray:
+                chosen = np.sort(np.random.default_rng(0).choice(ids, size=min(count, len(ids)), replace=False))
+                return self.store.vectors(chosen, self.dim)
+
+            progress("index", 0, n)
+            vindex = vx.VectorIndex.build(self.index_type, self.dim, n, blocks, params=self.params,
+                                          sample=sample, progress=lambda m: progress("index", m, n))
+        vindex.generation = generation
+        return vindex
+
+    def _save_vectors(self) -> None:
+        crc = self._vectors.save(self.directory, self._vectors.generation)
+        self.store.set_manifest(vectors_generation=self._vectors.generation, vectors_crc32=crc,
+                                vectors_factory=self._vectors.factory)
+
+    # -- writes ---------------------------------------------------------------------------------
+    def _begin_write(self) -> None:
+        self._lock.acquire()
+        self.manifest = self.store.manifest()
+        _ = self.vectors  # load and catch up under the lock
+
+    def _end_write(self, progress: Progress = _no_progress) -> None:
+        try:
+            vindex = self._vectors
+            if vindex is not None:
+                if vindex.wants_rebuild(self.index_type, self.store.count()):
+                    self._vectors = self._build_vectors(progress)
+                if self._vectors.generation != self.manifest_generation_saved():
+                    self._save_vectors()
+        finally:
+            self._lock.release()
+
+    def manifest_generation_saved(self) -> int | None:
+        return self.store.manifest().get("vectors_generation")
+
+    def add(self, items: Iterable[Item], *, batch_size: int | None = None, encoder: str | None = None,
+            progress: Progress = _no_progress, total: int | None = None) -> IngestReport:
+        """Add or update Records (upsert by key), skipping unchanged ones; Skips are reported.
+
+        Each batch is one store transaction; the vector index follows in memory and is
+        saved at the end (and every minute on long runs).
+        """
+        if encoder is not None:
+            self.check_encoder(encoder)
+        enc = self.encoder
+        batch_size = int(batch_size or enc.default_batch_size)
+        if batch_size < 1:
+            raise InputError("--batch-size must be at least 1")
+        report = IngestReport()
+        self._begin_write()
+        try:
+            last_save = time.monotonic()
+            progress("add", 0, total)
+            batch: list[Record] = []
+            for item in items:
+                if isinstance(item, Skip):
+                    report.skipped.append(item)
+                    progress("add", 1, total)
+                    continue
+                if not item.text or not item.text.strip():
+                    report.skipped.append(Skip(item.source, item.line, "empty text"))
+                    progress("add", 1, total)
+                    continue
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    self._add_batch(batch, report)
+                    progress("add", len(batch), total)
+                    batch = []
+                    if time.monotonic() - last_save > SAVE_EVERY_S:
+                        self._save_vectors()
+                        last_save = time.monotonic()
+            if batch:
+                self._add_batch(batch, report)
+                progress("add", len(batch), total)
+            if report.skipped:
+                self.store.record_skips((s.source, s.line, s.reason) for s in report.skipped)
+        finally:
+            self._end_write(progress)
+        return report
+
+    def _add_batch(self, batch: list[Record], report: IngestReport) -> None:
+        by_key: dict[str, tuple[Record, str, str]] = {}
+        for rec in batch:  # the last record of a key within a batch wins
+            rec_hash = content_hash(rec.text)
+            key = rec.key if rec.key is not None else rec_hash[:20]
+            by_key[key] = (rec, rec_hash, json.dumps(rec.metadata, ensure_ascii=False, sort_keys=True))
+        existing = self.store.lookup(list(by_key))
+        to_encode: list[tuple[str, Record]] = []
+        meta_updates: list[tuple[int, str]] = []
+        for key, (rec, rec_hash, meta) in by_key.items():
+            if key in existing and existing[key][1] == rec_hash:
+                if existing[key][2] != meta:
+                    meta_updates.append((existing[key][0], meta))
+                else:
+                    report.unchanged += 1
+                continue
+            to_encode.append((key, rec))
+        vectors = self._encode_records(to_encode, report)
+        if not to_encode and not meta_updates:
+            return
+        replace_ids = [existing[key][0] for key, _ in to_encode if key in existing]
+        rows = [{"key": key, "kind": rec.kind, "text": rec.text, "path": None, "content_hash": by_key[key][1],
+                 "metadata": by_key[key][2], "vector": vec}
+                for (key, rec), vec in zip(to_encode, vectors)]
+        generation, ids = self.store.write_batch(rows, replace_ids=replace_ids, metadata_updates=meta_updates)
+        vindex = self._vectors
+        vindex.remove(np.array(replace_ids, dtype=np.int64))
+        vindex.add(ids, vectors)
+        vindex.generation = generation
+        report.added += len(rows) - len(replace_ids)
+        report.replaced += len(replace_ids)
+        report.metadata_updated += len(meta_updates)
+        report.committed.append((generation, len(rows) + len(meta_updates)))
+
+    def _encode_records(self, to_encode: list[tuple[str, Record]], report: IngestReport) -> np.ndarray:
+        """Encode in place; records the encoder refuses (unknown words) become Skips."""
+        texts = [rec.text for _, rec in to_encode]
+        try:
+            return self.encoder.encode(texts)
+        except OutOfVocabulary as e:
+            bad = set(e.words)
+            for _, rec in [kr for kr in to_encode if kr[1].text in bad]:
+                report.skipped.append(Skip(rec.source, rec.line, f"{rec.text!r} is not in the {self.encoder_name} vocabulary"))
+            to_encode[:] = [kr for kr in to_encode if kr[1].text not in bad]
+            return self.encoder.encode([rec.text for _, rec in to_encode])
+
+    def add_vectors(self, keys: Sequence[str], vectors: np.ndarray, *, metadata: Sequence[dict] | None = None,
+                    texts: Sequence[str | None] | None = None) -> IngestReport:
+        """Add precomputed vectors (normalised here) under keys; an existing key is replaced."""
+        from .encoders import normalize
+
+        vectors = normalize(self.check_vectors(vectors))
+        if len(keys) != len(vectors):
+            raise InputError(f"{len(keys)} keys for {len(vectors)} vectors")
+        metadata = list(metadata) if metadata is not None else [{} for _ in keys]
+        texts = list(texts) if texts is not None else [None] * len(keys)
+        report = IngestReport()
+        self._begin_write()
+        try:
+            existing = self.store.lookup(list(keys))
+            rows = [{"key": k, "kind": "vector", "text": t, "path": None,
+                     "content_hash": content_hash(v.tobytes().hex()),
+                     "metadata": json.dumps(m, ensure_ascii=False, sort_keys=True), "vector": v}
+                    for k, v, m, t in zip(keys, vectors, metadata, texts)]
+            replace_ids = [existing[k][0] for k in keys if k in existing]
+            generation, ids = self.store.write_batch(rows, replace_ids=replace_ids)
+            self._vectors.remove(np.array(replace_ids, dtype=np.int64))
+            self._vectors.add(ids, vectors)
+            self._vectors.generation = generation
+            report.added, report.replaced = len(rows) - len(replace_ids), len(replace_ids)
+            report.committed.append((generation, len(rows)))
+        finally:
+            self._end_write()
+        return report
+
+    def delete(self, keys: Sequence[str]) -> tuple[int, list[str]]:
+        """Delete items by key. Returns (number deleted, keys that were not in the index)."""
+        self._begin_write()
+        try:
+            generation, ids, missing = self.store.delete_keys(list(keys))
+            self._vectors.remove(ids)
+            self._vectors.generation = generation
+        finally:
+            self._end_write()
+        return len(ids), missing
+
+    def rebuild(self, *, progress: Progress = _no_progress) -> None:
+        """Rebuild the vector index from the store and save it."""
+        with self._lock:
+            self.manifest = self.store.manifest()
+            self._vectors = self._build_vectors(progress)
+            self._save_vectors()
+
+    # -- inspection -----------------------------------------------------------------------------
+    def info(self) -> dict:
+        """Count, encoder, dimension, metric, index type and parameters, size on disk, generations."""
+        manifest = self.store.manifest()
+        try:
+            header, _ = vx.read_header(self.directory / vx.FILE_NAME)
+        except IndexCorrupt:
+            header = {}
+        size = sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+        return {
+            "directory": str(self.directory),
+            "count": self.store.count(),
+            "encoder": manifest["encoder"], "encoder_version": manifest.get("encoder_version"),
+            "dim": manifest["dim"], "metric": manifest.get("metric", "ip"),
+            "index_type": manifest["index_type"], "faiss_factory": header.get("factory"),
+            "search_params": manifest.get("search_params", {}),
+            "generation": manifest["generation"], "vectors_generation": header.get("generation"),
+            "size_bytes": size, "skipped_inputs": self.store.skipped_count(),
+            "created": manifest.get("created"), "format_version": manifest.get("format_version"),
+        }
+
+    def check(self) -> dict:
+        """Integrity report; changes nothing. `ok` is False when any problem was found."""
+        problems: list[str] = []
+        integrity = self.store.integrity_check()
+        if integrity != ["ok"]:
+            problems.append("SQLite integrity_check: " + "; ".join(integrity[:5]))
+        with self.store.snapshot():
+            generation = self.store.generation()
+            live = self.store.ids()
+        recorded = self.store.manifest().get("vectors_generation")
+        facts = {"count": int(len(live)), "generation": generation}
+        try:
+            vindex = vx.VectorIndex.load(self.directory, params=self.params)
+        except IndexCorrupt as e:
+            problems.append(str(e))
+        else:
+            facts["vectors_generation"] = vindex.generation
+            if vindex.generation != generation:
+                problems.append(
+                    f"{vx.FILE_NAME} is stale: it reflects generation {vindex.generation}, the store is at "
+                    f"{generation} (opening the index catches it up; `latent rebuild` rewrites it)")
+            else:
+                in_faiss = vindex.ids()
+                missing = np.setdiff1d(live, in_faiss)
+                extra = np.setdiff1d(in_faiss, live)
+                if len(missing) or len(extra):
+                    problems.append(f"{vx.FILE_NAME} disagrees with the store: {len(missing)} items missing, "
+                                    f"{len(extra)} unknown ids; run `latent rebuild`")
+                if len(in_faiss) != len(np.unique(in_faiss)):
+                    problems.append(f"{vx.FILE_NAME} holds duplicate ids; run `latent rebuild`")
+            if recorded is not None and vindex.generation < recorded:
+                problems.append(f"{vx.FILE_NAME} is older (generation {vindex.generation}) than the last one "
+                                f"written ({recorded}): it was replaced by an older copy")
+        return {"ok": not problems, "problems": problems, "sqlite_integrity": integrity[0] if integrity else "",
+                **facts}

@@ -1,0 +1,281 @@
+"""The store: SQLite (WAL) holding items, metadata and vectors, the source of truth.
+
+All SQL of latent lives here. Each write is one transaction that bumps the store's
+generation; vectors are float32 blobs; deletions are logged with their generation
+so a vector index at an older generation can catch up.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import sqlite_utils
+
+DB_NAME = "latent.db"
+FORMAT_VERSION = 1
+_CHUNK = 50_000  # ids per `IN (json_each(?))` query
+
+
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE items (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            text TEXT,
+            path TEXT,
+            content_hash TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            vector BLOB NOT NULL,
+            generation INTEGER NOT NULL
+        );
+        CREATE INDEX items_generation ON items(generation);
+        CREATE TABLE deleted (id INTEGER PRIMARY KEY, key TEXT NOT NULL, generation INTEGER NOT NULL);
+        CREATE INDEX deleted_generation ON deleted(generation);
+        CREATE TABLE skipped (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            line INTEGER,
+            reason TEXT NOT NULL,
+            at TEXT NOT NULL
+        );
+        """
+    )
+
+
+# Schema migrations, applied in order; PRAGMA user_version counts those applied.
+MIGRATIONS = [_m001_initial]
+
+
+def _connect(path: Path) -> sqlite_utils.Database:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    db = sqlite_utils.Database(conn)
+    if db.journal_mode != "wal":
+        db.enable_wal()
+    conn.execute("PRAGMA synchronous = FULL")
+    return db
+
+
+def _json_ids(ids: Sequence[int]) -> str:
+    return json.dumps([int(i) for i in ids])
+
+
+class Store:
+    """One index directory's SQLite database."""
+
+    def __init__(self, db: sqlite_utils.Database, path: Path):
+        self.db = db
+        self.path = path
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: Path, manifest: dict) -> "Store":
+        path = Path(directory) / DB_NAME
+        store = cls(_connect(path), path)
+        store.migrate()
+        with store.db.atomic():
+            rows = {**manifest, "format_version": FORMAT_VERSION, "generation": 0,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            for key, value in rows.items():
+                store._set(key, value)
+        return store
+
+    @classmethod
+    def open(cls, directory: Path) -> "Store":
+        path = Path(directory) / DB_NAME
+        store = cls(_connect(path), path)
+        store.migrate()
+        return store
+
+    def migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.db.atomic():
+                migration(self.db)
+                self.db.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator["Store"]:
+        """A read transaction: every query inside sees one generation of the store."""
+        if self.db.conn.in_transaction:
+            yield self
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self.db.execute("COMMIT")
+
+    # -- manifest ----------------------------------------------------------------------------
+    def _set(self, key: str, value) -> None:
+        self.db.execute(
+            "INSERT INTO manifest(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [key, json.dumps(value)],
+        )
+
+    def manifest(self) -> dict:
+        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM manifest").fetchall()}
+
+    def set_manifest(self, **values) -> None:
+        with self.db.atomic():
+            for key, value in values.items():
+                self._set(key, value)
+
+    def generation(self) -> int:
+        row = self.db.execute("SELECT value FROM manifest WHERE key = 'generation'").fetchone()
+        return int(json.loads(row[0])) if row else 0
+
+    def _bump_generation(self) -> int:
+        generation = self.generation() + 1
+        self._set("generation", generation)
+        return generation
+
+    # -- writes --------------------------------------------------------------------------------
+    def write_batch(self, rows: Sequence[dict], *, replace_ids: Sequence[int] = (),
+                    metadata_updates: Sequence[tuple[int, str]] = ()) -> tuple[int, np.ndarray]:
+        """In one transaction: delete `replace_ids`, insert `rows`, update metadata; bump the generation.
+
+        Each row has key, kind, text, path, content_hash, metadata (JSON text) and vector
+        (float32 array). Returns (generation, ids of the inserted rows in `rows` order).
+        """
+        with self.db.atomic():
+            generation = self._bump_generation()
+            if replace_ids:
+                self._delete_ids(replace_ids, generation)
+            if metadata_updates:
+                self.db.conn.executemany("UPDATE items SET metadata = ? WHERE id = ?",
+                                         [(meta, int(i)) for i, meta in metadata_updates])
+            self.db.conn.executemany(
+                "INSERT INTO items(key, kind, text, path, content_hash, metadata, vector, generation) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r["key"], r["kind"], r.get("text"), r.get("path"), r["content_hash"], r["metadata"],
+                  np.asarray(r["vector"], dtype=np.float32).tobytes(), generation) for r in rows],
+            )
+            by_key = dict(self.db.execute("SELECT key, id FROM items WHERE generation = ?", [generation]).fetchall())
+        return generation, np.array([by_key[r["key"]] for r in rows], dtype=np.int64)
+
+    def _delete_ids(self, ids: Sequence[int], generation: int) -> None:
+        for start in range(0, len(ids), _CHUNK):
+            chunk = _json_ids(ids[start:start + _CHUNK])
+            self.db.execute(
+                "INSERT OR REPLACE INTO deleted(id, key, generation) "
+                "SELECT id, key, ? FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                [generation, chunk],
+            )
+            self.db.execute("DELETE FROM items WHERE id IN (SELECT value FROM json_each(?))", [chunk])
+
+    def delete_keys(self, keys: Sequence[str]) -> tuple[int, np.ndarray, list[str]]:
+        """Delete items by key in one transaction. Returns (generation, deleted ids, keys not found)."""
+        with self.db.atomic():
+            found = self.lookup(keys)
+            ids = [found[k][0] for k in keys if k in found]
+            generation = self._bump_generation()
+            self._delete_ids(ids, generation)
+        return generation, np.array(ids, dtype=np.int64), [k for k in keys if k not in found]
+
+    def record_skips(self, skips: Iterable[tuple[str, int | None, str]]) -> None:
+        at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        with self.db.atomic():
+            self.db.conn.executemany("INSERT INTO skipped(source, line, reason, at) VALUES (?, ?, ?, ?)",
+                                     [(s, line, reason, at) for s, line, reason in skips])
+
+    # -- reads ---------------------------------------------------------------------------------
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM items").fetchone()[0]
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, tuple[int, str, str]]:
+        """key -> (id, content_hash, metadata JSON) for the keys that exist."""
+        out = {}
+        keys = list(keys)
+        for start in range(0, len(keys), _CHUNK):
+            rows = self.db.execute(
+                "SELECT key, id, content_hash, metadata FROM items WHERE key IN (SELECT value FROM json_each(?))",
+                [json.dumps(keys[start:start + _CHUNK])],
+            ).fetchall()
+            out.update({key: (i, h, m) for key, i, h, m in rows})
+        return out
+
+    def fetch(self, ids: Sequence[int]) -> dict[int, dict]:
+        """id -> {key, kind, text, path, metadata} for the ids that exist."""
+        out = {}
+        for start in range(0, len(ids), _CHUNK):
+            rows = self.db.execute(
+                "SELECT id, key, kind, text, path, metadata FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                [_json_ids(ids[start:start + _CHUNK])],
+            ).fetchall()
+            for i, key, kind, text, path, meta in rows:
+                out[i] = {"key": key, "kind": kind, "text": text, "path": path, "metadata": json.loads(meta)}
+        return out
+
+    def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        """Stored vectors of `ids`, in that order (all must exist)."""
+        found: dict[int, bytes] = {}
+        for start in range(0, len(ids), _CHUNK):
+            found.update(self.db.execute(
+                "SELECT id, vector FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                [_json_ids(ids[start:start + _CHUNK])],
+            ).fetchall())
+        return _to_matrix([found[int(i)] for i in ids], dim)
+
+    def vector_of_key(self, key: str, dim: int) -> np.ndarray | None:
+        row = self.db.execute("SELECT vector FROM items WHERE key = ?", [key]).fetchone()
+        return None if row is None else _to_matrix([row[0]], dim)[0]
+
+    def iter_vectors(self, dim: int, *, since_generation: int = 0,
+                     block: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) blocks, in id order, of the items written after `since_generation`."""
+        last = -1
+        while True:
+            rows = self.db.execute(
+                "SELECT id, vector FROM items WHERE generation > ? AND id > ? ORDER BY id LIMIT ?",
+                [since_generation, last, block],
+            ).fetchall()
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            yield ids, _to_matrix([r[1] for r in rows], dim)
+            last = int(ids[-1])
+
+    def deleted_since(self, generation: int) -> np.ndarray:
+        rows = self.db.execute("SELECT id FROM deleted WHERE generation > ?", [generation]).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def ids(self) -> np.ndarray:
+        rows = self.db.execute("SELECT id FROM items ORDER BY id").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def ids_where(self, sql: str, params: Sequence) -> np.ndarray:
+        """Ids of the items matching a WHERE clause built by search.filters (bound parameters only)."""
+        rows = self.db.execute(f"SELECT id FROM items WHERE {sql}", list(params)).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def skipped(self, limit: int = 1000) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT source, line, reason, at FROM skipped ORDER BY id DESC LIMIT ?", [limit]).fetchall()
+        return [dict(zip(("source", "line", "reason", "at"), r)) for r in rows]
+
+    def skipped_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM skipped").fetchone()[0]
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's own integrity check; ['ok'] when healthy."""
+        return [r[0] for r in self.db.execute("PRAGMA integrity_check").fetchall()]
+
+
+def _to_matrix(blobs: list[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()

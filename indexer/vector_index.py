@@ -1,0 +1,317 @@
+"""The vector index: FAISS over item ids, derived from the store and rebuildable.
+
+All FAISS calls of latent live here. The file `vectors.faiss` is a small header
+(generation, factory, CRC-32) followed by removed-but-unpurged ids and the FAISS
+bytes; it is written to a temporary file, fsynced and moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import faiss
+import numpy as np
+
+from .errors import IndexCorrupt, LatentError
+
+FILE_NAME = "vectors.faiss"
+MAGIC = b"LATENTVX"
+FILE_FORMAT = 1
+
+# Named index types. `auto` stays exact while the flat index is small (n * dim <= 2**25
+# floats, 128 MiB: about 87k items of 384-d, or all 400k GloVe 50-d words) and switches to
+# HNSW32 beyond. IVF types train once enough vectors exist and search exactly until then.
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+AUTO_FLAT_MAX_FLOATS = 2**25
+DEFAULT_PARAMS = {"efConstruction": 128, "efSearch": 128, "nprobe": 32, "rerank": 10}
+_LOSSY = re.compile(r"PQ|SQ|LSH|RaBitQ")
+
+
+def _nlist(n: int) -> int:
+    """IVF list count: about 4*sqrt(n), a power of two, with >= 39 training points per list."""
+    target = max(8, min(4 * math.sqrt(max(n, 1)), n / 39))
+    return max(1, 2 ** int(round(math.log2(target))))
+
+
+def _pq_m(dim: int) -> int:
+    """PQ sub-quantizers: the divisor of dim closest to dim/4 (4 dims per byte-code)."""
+    divisors = [m for m in range(1, dim + 1) if dim % m == 0]
+    return min(divisors, key=lambda m: (abs(m - dim / 4), -m))
+
+
+def target_factory(spec: str, n: int, dim: int) -> str:
+    """The FAISS factory string that index type `spec` means for n vectors of `dim`."""
+    if spec == "flat":
+        return "Flat"
+    if spec == "hnsw":
+        return "HNSW32"
+    if spec == "ivf":
+        return f"IVF{_nlist(n)},Flat"
+    if spec == "ivfpq":
+        return f"IVF{_nlist(n)},PQ{_pq_m(dim)}"
+    if spec == "auto":
+        return "Flat" if n * dim <= AUTO_FLAT_MAX_FLOATS else "HNSW32"
+    return spec
+
+
+def validate_spec(spec: str, dim: int) -> None:
+    """Raise a clear error for an index type FAISS cannot build."""
+    if spec in INDEX_TYPES:
+        return
+    try:
+        faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1][:200]
+        raise LatentError(
+            f"invalid index type {spec!r} ({msg}); use one of {', '.join(INDEX_TYPES)} "
+            "or a FAISS factory string such as 'HNSW32' or 'IVF1024,PQ32'"
+        ) from e
+
+
+def train_threshold(factory: str, dim: int) -> int:
+    """How many vectors a factory needs before it is trained (0: needs no training)."""
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if index.is_trained:
+        return 0
+    ivf = faiss.try_extract_index_ivf(index)
+    need = 39 * ivf.nlist if ivf is not None else 1000
+    if "PQ" in factory or "SQ" in factory:
+        need = max(need, 39 * 256 if "PQ" in factory else 1000)
+    return need
+
+
+class VectorIndex:
+    """A FAISS index whose ids are item ids, plus the generation of the store it reflects."""
+
+    def __init__(self, index: faiss.Index, factory: str, dim: int, *, generation: int = 0,
+                 tombstones: np.ndarray | None = None, params: dict | None = None):
+        self.index = index
+        self.factory = factory
+        self.dim = dim
+        self.generation = generation
+        self.tombstones = np.zeros(0, dtype=np.int64) if tombstones is None else np.asarray(tombstones, np.int64)
+        self.params = {**DEFAULT_PARAMS, **(params or {})}
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def new(cls, factory: str, dim: int, *, params: dict | None = None) -> "VectorIndex":
+        params = {**DEFAULT_PARAMS, **(params or {})}
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        hnsw = _hnsw_of(index)
+        if hnsw is not None:
+            hnsw.hnsw.efConstruction = int(params["efConstruction"])
+        if faiss.try_extract_index_ivf(index) is None and not factory.startswith("IDMap"):
+            index = faiss.IndexIDMap2(index)
+        return cls(index, factory, dim, params=params)
+
+    @classmethod
+    def build(cls, spec: str, dim: int, n: int, blocks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+              *, params: dict | None = None, sample: Callable[[int], np.ndarray] | None = None,
+              progress: Callable[[int], None] | None = None) -> "VectorIndex":
+        """Build the index `spec` means for n vectors, from (ids, vectors) blocks.
+
+        An index type that needs training is trained on `sample(count)` once n reaches its
+        threshold; below it the index is exact (Flat) until then.
+        """
+        factory = target_factory(spec, n, dim)
+        need = train_threshold(factory, dim)
+        if need and n < need:
+            factory = "Flat"
+        vindex = cls.new(factory, dim, params=params)
+        if need and n >= need:
+            ivf = faiss.try_extract_index_ivf(vindex.index)
+            count = min(n, max(need, 64 * (ivf.nlist if ivf is not None else 256), 50_000))
+            vindex.index.train(np.ascontiguousarray(sample(count), dtype=np.float32))
+        for ids, vectors in blocks():
+            vindex.add(ids, vectors)
+            if progress:
+                progress(len(ids))
+        return vindex
+
+    def wants_rebuild(self, spec: str, n: int) -> bool:
+        """True when the index should be rebuilt for n live items: an untrained or outgrown
+        exact stage can become the real index type, or too many ids await purging."""
+        if len(self.tombstones) > max(1000, 0.2 * self.ntotal):
+            return True
+        if self.factory != "Flat":
+            return False
+        target = target_factory(spec, n, self.dim)
+        if target == "Flat":
+            return False
+        return n >= train_threshold(target, self.dim)
+
+    # -- writes ------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape[1] != self.dim:
+            raise LatentError(f"vector dimension {vectors.shape[1]} does not match the index ({self.dim})")
+        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove ids; index types that cannot remove (HNSW) hide them until the next rebuild."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if len(ids) == 0:
+            return
+        if _hnsw_of(self.index) is not None:
+            present = ids[np.isin(ids, self._raw_ids())]
+            self.tombstones = np.union1d(self.tombstones, present)
+            return
+        self.index.remove_ids(faiss.IDSelectorBatch(ids))
+
+    # -- reads -------------------------------------------------------------------------------
+    @property
+    def lossy(self) -> bool:
+        """True when stored codes are compressed, so results are re-ranked from exact vectors."""
+        return bool(_LOSSY.search(self.factory))
+
+    @property
+    def exact(self) -> bool:
+        return self.factory in ("Flat", "IDMap,Flat", "IDMap2,Flat")
+
+    def _raw_ids(self) -> np.ndarray:
+        if hasattr(self.index, "id_map"):
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        ivf = faiss.try_extract_index_ivf(self.index)
+        invlists = ivf.invlists
+        parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+                 for i in range(ivf.nlist) if invlists.list_size(i)]
+        return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def ids(self) -> np.ndarray:
+        """The sorted item ids this index can return."""
+        raw = np.sort(self._raw_ids())
+        return raw[~np.isin(raw, self.tombstones)] if len(self.tombstones) else raw
+
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the `candidates` (default k) best ids per query; -1 pads missing.
+
+        `allowed` restricts the search to those ids before the nearest are chosen.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise LatentError(f"query dimension {queries.shape[-1]} does not match the index ({self.dim})")
+        k = int(candidates or k)
+        if self.ntotal == 0 or k <= 0:
+            return (np.full((len(queries), max(k, 0)), -np.inf, np.float32),
+                    np.full((len(queries), max(k, 0)), -1, np.int64))
+        selector = None
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        if len(self.tombstones):
+            hide = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.tombstones))
+            selector = hide if selector is None else faiss.IDSelectorAnd(selector, hide)
+        scores, ids = self.index.search(queries, k, params=self._search_params(selector, k))
+        ids[~np.isfinite(scores)] = -1
+        return scores, ids
+
+    def _search_params(self, selector, k: int):
+        inner = _hnsw_of(self.index)
+        if inner is not None:
+            params = faiss.SearchParametersHNSW(efSearch=max(int(self.params["efSearch"]), k))
+        elif faiss.try_extract_index_ivf(self.index) is not None:
+            params = faiss.SearchParametersIVF(nprobe=int(self.params["nprobe"]))
+        else:
+            params = faiss.SearchParameters()
+        if selector is not None:
+            params.sel = selector
+            params._selector = selector  # keep the Python object alive during the call
+        if isinstance(self.index, faiss.IndexPreTransform):
+            outer = faiss.SearchParametersPreTransform(index_params=params)
+            outer._inner = params
+            return outer
+        return params
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, directory: Path, generation: int) -> int:
+        """Write atomically (temp file, fsync, rename, fsync dir). Returns the payload CRC-32."""
+        directory = Path(directory)
+        payload = self.tombstones.astype("<i8").tobytes() + faiss.serialize_index(self.index).tobytes()
+        crc = zlib.crc32(payload)
+        header = json.dumps({
+            "format": FILE_FORMAT, "generation": int(generation), "factory": self.factory, "dim": self.dim,
+            "ntotal": self.ntotal, "tombstones": len(self.tombstones), "bytes": len(payload), "crc32": crc,
+        }).encode()
+        tmp = directory / f".{FILE_NAME}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(MAGIC + struct.pack("<I", len(header)) + header)
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / FILE_NAME)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        _fsync_dir(directory)
+        self.generation = int(generation)
+        return crc
+
+    @classmethod
+    def load(cls, directory: Path, *, params: dict | None = None) -> "VectorIndex":
+        """Read and verify `vectors.faiss`; IndexCorrupt when it is damaged (checked before FAISS parses it)."""
+        path = Path(directory) / FILE_NAME
+        header, payload = read_header(path, with_payload=True)
+        ntomb = int(header["tombstones"])
+        tombstones = np.frombuffer(payload[: 8 * ntomb], dtype="<i8").astype(np.int64)
+        try:
+            index = faiss.deserialize_index(np.frombuffer(payload[8 * ntomb:], dtype=np.uint8))
+        except RuntimeError as e:
+            raise IndexCorrupt(f"{path} cannot be parsed by FAISS ({str(e)[:120]}); run `latent rebuild`") from e
+        vindex = cls(index, header["factory"], int(header["dim"]), generation=int(header["generation"]),
+                     tombstones=tombstones, params=params)
+        if vindex.ntotal != int(header["ntotal"]):
+            raise IndexCorrupt(f"{path} holds {vindex.ntotal} vectors, its header says {header['ntotal']}; "
+                               "run `latent rebuild`")
+        return vindex
+
+
+def read_header(path: Path, *, with_payload: bool = False) -> tuple[dict, bytes]:
+    """Parse and verify the header (and CRC, when the payload is read) of a vector index file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:8] != MAGIC:
+                raise IndexCorrupt(f"{path} is not a latent vector index file; run `latent rebuild`")
+            (length,) = struct.unpack("<I", head[8:])
+            if length > 1 << 20:
+                raise IndexCorrupt(f"{path} has a damaged header; run `latent rebuild`")
+            header = json.loads(f.read(length))
+            payload = f.read() if with_payload else b""
+    except FileNotFoundError:
+        raise IndexCorrupt(f"{path} is missing; run `latent rebuild`") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise IndexCorrupt(f"{path} has a damaged header ({e}); run `latent rebuild`") from None
+    if not isinstance(header, dict) or header.get("format") != FILE_FORMAT:
+        raise IndexCorrupt(f"{path} has an unknown format; run `latent rebuild`")
+    if with_payload and (len(payload) != header.get("bytes") or zlib.crc32(payload) != header.get("crc32")):
+        raise IndexCorrupt(f"{path} is truncated or damaged (checksum mismatch); run `latent rebuild`")
+    return header, payload
+
+
+def _hnsw_of(index):
+    """The HNSW index inside `index` (through an id map), or None."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    return inner if hasattr(inner, "hnsw") else None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,7 @@
+"""Everything that reads an index: queries, filters, word neighbourhoods, the demo."""
+
+from .filters import parse_where
+from .query import Hit, search, search_vectors, similar
+from .words import neighbours
+
+__all__ = ["Hit", "search", "search_vectors", "similar", "neighbours", "parse_where"]

@@ -1,0 +1,160 @@
+"""Nearest-neighbour queries: a text, a key or a vector in, ranked Hits out.
+
+Metadata filters are applied before the k nearest are chosen (FAISS id selectors,
+or an exact scan of the matching items), so k hits come back whenever k items match.
+Indexes with compressed codes (PQ) are re-ranked from the stored exact vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from indexer.encoders import normalize
+from indexer.errors import LatentError
+from indexer.index import Index
+
+from .filters import parse_where
+
+# Filters matching at most this many items are answered by an exact scan of their stored
+# vectors: exact, and cheaper than a graph or inverted-list search over a sparse selector.
+EXACT_SCAN_MAX = 20_000
+
+
+@dataclass
+class Hit:
+    """One result: rank (1-based), key, score (cosine similarity), metadata, text."""
+
+    rank: int
+    key: str
+    score: float
+    metadata: dict = field(default_factory=dict)
+    text: str | None = None
+    id: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def encode_query(index: Index, text: str) -> np.ndarray:
+    """The query vector of a text, by the index's own encoder."""
+    if not isinstance(text, str) or not text.strip():
+        raise LatentError("the query is empty; give a text to search for")
+    return index.encoder.encode([text])[0]
+
+
+def matching_ids(index: Index, where: str | None) -> np.ndarray | None:
+    """Ids of the items a filter matches (None: no filter)."""
+    if where is None or not where.strip():
+        return None
+    sql, params = parse_where(where)
+    return index.store.ids_where(sql, params)
+
+
+def search(index: Index, query: str | np.ndarray, *, k: int = 10, where: str | None = None,
+           exclude_keys: tuple[str, ...] = ()) -> list[Hit]:
+    """The k nearest items to a text (encoded by the index's encoder) or a vector."""
+    vector = encode_query(index, query) if isinstance(query, str) else query
+    return search_vectors(index, vector, k=k, where=where, exclude_keys=exclude_keys)[0]
+
+
+def similar(index: Index, *, key: str | None = None, vector: np.ndarray | None = None, k: int = 10,
+            where: str | None = None) -> list[Hit]:
+    """The k nearest items to a stored item (itself excluded) or to a given vector."""
+    if (key is None) == (vector is None):
+        raise LatentError("give exactly one of a key or a vector")
+    if key is not None:
+        stored = index.store.vector_of_key(key, index.dim)
+        if stored is None:
+            raise LatentError(f"no item with key {key!r} in {index.directory}")
+        return search_vectors(index, stored, k=k, where=where, exclude_keys=(key,))[0]
+    return search_vectors(index, vector, k=k, where=where)[0]
+
+
+def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str | None = None,
+                   exclude_keys: tuple[str, ...] = ()) -> list[list[Hit]]:
+    """Hits for each query vector (normalised here)."""
+    if k < 1:
+        raise LatentError(f"k must be at least 1, got {k}")
+    queries = normalize(index.check_vectors(vectors))
+    allowed = matching_ids(index, where)
+    if exclude_keys:
+        found = index.store.lookup(list(exclude_keys))
+        excluded = np.array([v[0] for v in found.values()], dtype=np.int64)
+        if allowed is not None:
+            allowed = np.setdiff1d(allowed, excluded)
+    else:
+        excluded = np.zeros(0, dtype=np.int64)
+    want = k + len(excluded) if allowed is None else k
+    scores, ids = _nearest(index, queries, want, allowed)
+    return [_to_hits(index, s, i, k, excluded) for s, i in zip(scores, ids)]
+
+
+def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    vindex = index.vectors
+    if allowed is not None and len(allowed) <= EXACT_SCAN_MAX and not vindex.exact:
+        return _exact_scan(index, queries, allowed, k)
+    candidates = k * int(vindex.params.get("rerank", 10)) if vindex.lossy else k
+    scores, ids = vindex.search(queries, k, allowed=allowed, candidates=candidates)
+    if vindex.lossy:
+        scores, ids = _rerank(index, queries, ids, k)
+    if allowed is not None:
+        need = min(k, len(allowed))
+        short = (ids >= 0).sum(axis=1) < need
+        if short.any():  # the approximate search missed matches: fall back to an exact scan
+            s2, i2 = _exact_scan(index, queries[short], allowed, k)
+            scores[short], ids[short] = s2, i2
+    return scores, ids
+
+
+def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over the stored vectors of `ids`."""
+    out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(queries), k), -1, dtype=np.int64)
+    if len(ids) == 0:
+        return out_s, out_i
+    vectors = index.store.vectors(ids, index.dim)
+    sims = queries @ vectors.T
+    top = min(k, len(ids))
+    part = np.argpartition(-sims, top - 1, axis=1)[:, :top]
+    for row in range(len(queries)):
+        order = part[row][np.argsort(-sims[row, part[row]], kind="stable")]
+        out_s[row, :top] = sims[row, order]
+        out_i[row, :top] = ids[order]
+    return out_s, out_i
+
+
+def _rerank(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores for approximate candidates, from the stored vectors; best k kept."""
+    out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(queries), k), -1, dtype=np.int64)
+    valid = np.unique(ids[ids >= 0])
+    if len(valid) == 0:
+        return out_s, out_i
+    vectors = dict(zip(valid.tolist(), index.store.vectors(valid, index.dim)))
+    for row, q in enumerate(queries):
+        cand = [i for i in dict.fromkeys(ids[row].tolist()) if i >= 0 and i in vectors]
+        sims = np.array([float(vectors[i] @ q) for i in cand], dtype=np.float32)
+        order = np.argsort(-sims, kind="stable")[:k]
+        out_s[row, :len(order)] = sims[order]
+        out_i[row, :len(order)] = np.array(cand, dtype=np.int64)[order]
+    return out_s, out_i
+
+
+def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded: np.ndarray) -> list[Hit]:
+    keep = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0 and i not in excluded]
+    rows = index.store.fetch([i for _, i in keep])
+    hits = []
+    for score, item_id in keep:
+        row = rows.get(item_id)
+        if row is None:  # deleted by another process since the vector index was read
+            continue
+        hits.append(Hit(rank=len(hits) + 1, key=row["key"], score=score, metadata=row["metadata"],
+                        text=row["text"], id=item_id))
+        if len(hits) == k:
+            break
+    return hits
+
+
+__all__ = ["Hit", "search", "similar", "search_vectors", "encode_query", "matching_ids"]

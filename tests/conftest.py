@@ -1,0 +1,66 @@
+"""Shared fixtures. Real bundled models, loaded once per session; no network."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("LATENT_LOCK_TIMEOUT", "5")
+
+import pytest
+
+from indexer import Index, Record
+from indexer.builtin import SENTENCES
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Built-in indexes (the GloVe word index) go to one per-session cache directory."""
+    path = tmp_path_factory.mktemp("latent-cache")
+    os.environ["LATENT_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sentences() -> list[dict]:
+    """The 400 demo sentences shipped with latent: {id, topic, text}."""
+    return [json.loads(line) for line in SENTENCES.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="session")
+def glove_words() -> list[str]:
+    from indexer.encoders.glove import load_glove
+
+    return load_glove()[0]
+
+
+def word_records(words, metadata=None):
+    """Records for GloVe words, keyed by the word; `metadata(word, i)` gives their metadata."""
+    return [Record(text=w, key=w, kind="word", metadata=metadata(w, i) if metadata else {}, source="test", line=i)
+            for i, w in enumerate(words)]
+
+
+@pytest.fixture
+def make_word_index(tmp_path, glove_words):
+    """Factory: a GloVe index over the first n words (after `skip`), of an index type."""
+
+    def make(n=2000, index_type="flat", metadata=None, skip=100, name="words"):
+        index = Index.create(tmp_path / f"{name}-{index_type.replace(',', '_')}", encoder="glove",
+                             index_type=index_type)
+        index.add(word_records(glove_words[skip:skip + n], metadata))
+        return index
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def sentence_index_dir(tmp_path_factory, sentences) -> Path:
+    """A minilm index over the demo sentences (keys = ids, metadata = topic), built once; copy before writing."""
+    directory = tmp_path_factory.mktemp("sentences") / "idx"
+    index = Index.create(directory, encoder="minilm", index_type="flat")
+    index.add(Record(text=s["text"], key=s["id"], metadata={"topic": s["topic"]}) for s in sentences)
+    index.close()
+    return directory

@@ -1,0 +1,62 @@
+"""Encoders: the bundled models give normalised vectors with real semantics; st: loads
+local checkpoints through the same path as hub names; failures are clear errors."""
+
+import numpy as np
+import pytest
+
+from indexer.encoders import get_encoder, list_encoders, normalize
+from indexer.errors import EncoderMismatch, EncoderUnavailable, OutOfVocabulary
+
+
+def test_minilm_vectors_are_normalised_and_semantic():
+    enc = get_encoder("minilm")
+    assert (enc.name, enc.dim) == ("minilm", 384)
+    v = enc.encode(["A puppy is playing in the park.", "A young dog runs on the grass.",
+                    "The central bank raised interest rates."])
+    assert v.dtype == np.float32 and v.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.3
+
+
+def test_glove_words_and_phrases():
+    enc = get_encoder("glove")
+    v = enc.encode(["toilet", "bathroom", "Finance"])
+    assert v.shape == (3, 50)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2]
+    phrase = enc.encode(["new york"])[0]
+    mean = normalize(enc.encode(["new"])[0] + enc.encode(["york"])[0])[0]
+    assert phrase @ mean > 0.99  # a phrase is the mean of its words
+
+
+def test_glove_out_of_vocabulary_names_the_word():
+    with pytest.raises(OutOfVocabulary, match="qwzxv"):
+        get_encoder("glove").encode(["dog", "qwzxv"])
+
+
+def test_sentence_transformers_from_a_local_checkpoint(tmp_path):
+    minilm = get_encoder("minilm")
+    minilm.model.save(str(tmp_path / "my-model"))
+    enc = get_encoder(f"st:{tmp_path / 'my-model'}")
+    assert enc.dim == 384 and enc.name == f"st:{tmp_path / 'my-model'}"
+    texts = ["vector search over latent spaces", "a recipe for sourdough bread"]
+    np.testing.assert_allclose(enc.encode(texts), minilm.encode(texts), atol=1e-5)
+
+
+def test_unloadable_sentence_transformer_suggests_minilm(tmp_path):
+    with pytest.raises(EncoderUnavailable, match="minilm"):
+        get_encoder("st:some-org/model-that-is-not-on-this-machine")
+    with pytest.raises(EncoderUnavailable, match="minilm"):
+        get_encoder(f"st:{tmp_path / 'missing'}")
+
+
+def test_unknown_encoder_lists_known_ones():
+    with pytest.raises(EncoderUnavailable, match="glove"):
+        get_encoder("word2vec")
+    assert {"minilm", "glove"} <= set(list_encoders())
+
+
+def test_normalize_refuses_nan():
+    with pytest.raises(EncoderMismatch, match="NaN"):
+        normalize(np.array([[1.0, np.nan]], dtype=np.float32))
+    np.testing.assert_array_equal(normalize(np.zeros((1, 3))), np.zeros((1, 3)))
