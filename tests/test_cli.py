@@ -1,0 +1,160 @@
+"""The `latent` command through click's CliRunner: outputs, --json shapes, exit codes."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args, input=None):
+        return runner.invoke(cli, [str(a) for a in args], input=input)
+
+    return invoke
+
+
+@pytest.fixture
+def notes(tmp_path, run, sentences):
+    """An index created and filled through the CLI from a JSONL file of 60 sentences."""
+    src = tmp_path / "notes.jsonl"
+    src.write_text("".join(json.dumps({"id": s["id"], "topic": s["topic"], "year": 1990 + i % 30, "text": s["text"]})
+                           + "\n" for i, s in enumerate(sentences[180:240])))
+    directory = tmp_path / "notes"
+    result = run("create", directory, "--encoder", "minilm", "--index", "flat")
+    assert result.exit_code == 0, result.output
+    assert "minilm (384-d)" in result.output
+    result = run("add", directory, src, "--key-field", "id")
+    assert result.exit_code == 0, result.output
+    assert "Added 60" in result.output
+    return directory
+
+
+def test_search_json_shape(run, notes):
+    result = run("search", notes, "a dog on the beach", "-k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["query"] == "a dog on the beach"
+    assert [h["rank"] for h in doc["hits"]] == [1, 2, 3]
+    for hit in doc["hits"]:
+        assert set(hit) >= {"rank", "key", "score", "metadata"}
+        assert isinstance(hit["score"], float) and hit["metadata"]["topic"]
+    assert doc["hits"][0]["metadata"]["topic"] == "animals"
+
+
+def test_search_table_and_filter(run, notes):
+    result = run("search", notes, "rain and storms", "-k", "4", "--where", "topic=weather and year>=1990")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].split()[:3] == ["rank", "score", "key"]
+    assert len(lines) == 2 + 4 and all("weather" in line for line in lines[2:])
+    empty = run("search", notes, "rain", "--where", "topic=nothing")
+    assert empty.exit_code == 0 and "(no hits)" in empty.output
+
+
+def test_similar_by_key_and_vector(run, notes, tmp_path):
+    result = run("similar", notes, "--key", "s0202", "-k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    keys = [h["key"] for h in json.loads(result.output)["hits"]]
+    assert len(keys) == 2 and "s0202" not in keys
+    from indexer import Index
+
+    with Index.open(notes) as index:
+        np.save(tmp_path / "v.npy", index.store.vector_of_key("s0202", 384))
+    result = run("similar", notes, "--vector", tmp_path / "v.npy", "-k", "1", "--json")
+    assert json.loads(result.output)["hits"][0]["key"] == "s0202"
+    np.save(tmp_path / "bad.npy", np.ones(50, dtype=np.float32))
+    bad = run("similar", notes, "--vector", tmp_path / "bad.npy")
+    assert bad.exit_code == 1 and "384" in bad.output
+    assert run("similar", notes).exit_code == 2  # usage: neither --key nor --vector
+
+
+def test_info_check_delete_rebuild(run, notes):
+    info = json.loads(run("info", notes, "--json").output)
+    assert info["count"] == 60 and info["encoder"] == "minilm" and info["dim"] == 384
+    assert info["metric"] == "ip" and info["faiss_factory"] == "Flat" and info["size_bytes"] > 0
+    generation = info["generation"]
+    result = run("delete", notes, "s0201", "s0202", "missing-key")
+    assert result.exit_code == 0 and "Deleted 2" in result.output and "missing-key" in result.output
+    assert json.loads(run("info", notes, "--json").output)["count"] == 58
+    assert json.loads(run("info", notes, "--json").output)["generation"] == generation + 1
+    check = run("check", notes)
+    assert check.exit_code == 0 and check.output.startswith("OK: 58 items")
+    (notes / "vectors.faiss").unlink()
+    broken = run("check", notes)
+    assert broken.exit_code == 1 and "missing" in broken.output
+    rebuilt = run("rebuild", notes)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert run("check", notes).exit_code == 0
+    keys = [h["key"] for h in json.loads(run("search", notes, "dog", "-k", "58", "--json").output)["hits"]]
+    assert len(keys) == 58 and "s0202" not in keys
+
+
+def test_add_reports_bad_lines_and_keeps_the_rest(run, notes, tmp_path):
+    src = tmp_path / "more.jsonl"
+    src.write_bytes(b'{"id": "n1", "text": "Glaciers carve deep valleys into mountains."}\n'
+                    b'{"id": "n2", "text": \n'
+                    b'{"id": "n3", "body": "no text field"}\n'
+                    b'{"id": "n4", "text": "   "}\n'
+                    b'{"id": "n5", "text": "caf\xe9 latin-1 bytes"}\n'
+                    b'{"id": "n6", "text": "Volcanoes release ash and lava when they erupt."}\n')
+    result = run("add", notes, src, "--key-field", "id")
+    assert result.exit_code == 0, result.output
+    assert "Added 2" in result.output and "skipped 4" in result.output
+    for line in (2, 3, 4, 5):
+        assert f"more.jsonl:{line}:" in result.output
+    assert json.loads(run("info", notes, "--json").output)["count"] == 62
+    hits = json.loads(run("search", notes, "volcano eruption", "-k", "1", "--json").output)["hits"]
+    assert hits[0]["key"] == "n6"
+
+
+def test_errors_are_one_line_with_exit_codes(run, tmp_path, notes):
+    missing = run("search", tmp_path / "nowhere", "x")
+    assert missing.exit_code == 1
+    assert missing.output.count("\n") == 1 and missing.output.startswith("Error: no latent index")
+    bad_filter = run("search", notes, "x", "--where", "year>=")
+    assert bad_filter.exit_code == 1 and "position" in bad_filter.output
+    assert "Traceback" not in bad_filter.output
+    exists = run("create", notes)
+    assert exists.exit_code == 1 and "already holds an index" in exists.output
+    bad_encoder = run("create", tmp_path / "x", "--encoder", "nope")
+    assert bad_encoder.exit_code == 1 and "unknown encoder" in bad_encoder.output
+    bad_index = run("create", tmp_path / "y", "--encoder", "glove", "--index", "NotAFactory")
+    assert bad_index.exit_code == 1 and "invalid index type" in bad_index.output
+    mismatch = run("add", notes, tmp_path / "notes.jsonl", "--encoder", "glove")
+    assert mismatch.exit_code == 1 and "minilm" in mismatch.output and "glove" in mismatch.output
+    assert run("add", notes, tmp_path / "no-such-file.txt").exit_code == 1
+    assert run("search", notes).exit_code == 2  # usage error: missing QUERY
+    assert run("search", notes, "x", "-k", "0").exit_code == 2
+
+
+def test_words_toilet_bathroom(run):
+    result = run("words", "toilet", "-k", "5", "--json")
+    assert result.exit_code == 0, result.output
+    keys = [h["key"] for h in json.loads(result.output)["hits"]]
+    assert "bathroom" in keys and "toilet" not in keys and len(keys) == 5
+    table = run("words", "Paris", "-k", "3")
+    assert "france" in table.output
+    oov = run("words", "qwzxvbn")
+    assert oov.exit_code == 1 and "qwzxvbn" in oov.output
+
+
+def test_lines_and_stdin(run, tmp_path):
+    directory = tmp_path / "w"
+    assert run("create", directory, "--encoder", "glove").exit_code == 0
+    result = run("add", directory, "-", "--format", "words", input="apple\nbanana\n\ncherry\nzzqqxx\n")
+    assert result.exit_code == 0, result.output
+    assert "Added 3" in result.output and "skipped 1" in result.output and "zzqqxx" in result.output
+    hits = json.loads(run("search", directory, "fruit", "-k", "3", "--json").output)["hits"]
+    assert {h["key"] for h in hits} == {"apple", "banana", "cherry"}
+
+
+def test_help_texts_have_examples(run):
+    for command in ["create", "add", "search", "similar", "delete", "info", "check", "rebuild", "words", "demo"]:
+        result = run(command, "--help")
+        assert result.exit_code == 0 and "Example:" in result.output, command
