@@ -47,6 +47,16 @@ def _no_progress(stage: str, n: int, total: int | None) -> None:
     pass
 
 
+def metadata_json(metadata) -> str:
+    """Canonical JSON text of a metadata dict; InputError when it is not a JSON object of finite values."""
+    if not isinstance(metadata, dict):
+        raise InputError(f"metadata must be a dict, not {type(metadata).__name__}")
+    try:
+        return json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"metadata cannot be stored as JSON ({e})") from None
+
+
 class Index:
     """A latent index directory. Use `Index.create` or `Index.open`."""
 
@@ -176,6 +186,8 @@ class Index:
     def _load_vectors(self) -> vx.VectorIndex:
         try:
             vindex = vx.VectorIndex.load(self.directory, params=self.params)
+            if vindex.dim != self.dim:
+                raise IndexCorrupt(f"{vx.FILE_NAME} holds {vindex.dim}-d vectors, the store {self.dim}-d")
         except IndexCorrupt as e:
             self.recovered = f"rebuilt the vector index from the store ({e})"
             vindex = self._build_vectors()
@@ -192,6 +204,8 @@ class Index:
             held = self._lock.held
             if held or self._lock.try_acquire():
                 try:
+                    if self.store.generation() != vindex.generation:  # a writer committed meanwhile
+                        self._catch_up(vindex)
                     self._vectors = vindex
                     self._save_vectors()
                 finally:
@@ -301,9 +315,14 @@ class Index:
     def _add_batch(self, batch: list[Record], report: IngestReport) -> None:
         by_key: dict[str, tuple[Record, str, str]] = {}
         for rec in batch:  # the last record of a key within a batch wins
+            try:
+                meta = metadata_json(rec.metadata)
+            except InputError as e:
+                report.skipped.append(Skip(rec.source, rec.line, str(e)))
+                continue
             rec_hash = content_hash(rec.text)
             key = rec.key if rec.key is not None else rec_hash[:20]
-            by_key[key] = (rec, rec_hash, json.dumps(rec.metadata, ensure_ascii=False, sort_keys=True))
+            by_key[key] = (rec, rec_hash, meta)
         existing = self.store.lookup(list(by_key))
         to_encode: list[tuple[str, Record]] = []
         meta_updates: list[tuple[int, str]] = []
@@ -360,7 +379,7 @@ class Index:
             existing = self.store.lookup(list(keys))
             rows = [{"key": k, "kind": "vector", "text": t, "path": None,
                      "content_hash": content_hash(v.tobytes().hex()),
-                     "metadata": json.dumps(m, ensure_ascii=False, sort_keys=True), "vector": v}
+                     "metadata": metadata_json(m), "vector": v}
                     for k, v, m, t in zip(keys, vectors, metadata, texts)]
             replace_ids = [existing[k][0] for k in keys if k in existing]
             generation, ids = self.store.write_batch(rows, replace_ids=replace_ids)
@@ -429,7 +448,10 @@ class Index:
             problems.append(str(e))
         else:
             facts["vectors_generation"] = vindex.generation
-            if vindex.generation != generation:
+            if vindex.dim != self.dim:
+                problems.append(f"{vx.FILE_NAME} holds {vindex.dim}-d vectors, the store {self.dim}-d; "
+                                "run `latent rebuild`")
+            elif vindex.generation != generation:
                 problems.append(
                     f"{vx.FILE_NAME} is stale: it reflects generation {vindex.generation}, the store is at "
                     f"{generation} (opening the index catches it up; `latent rebuild` rewrites it)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -145,12 +145,15 @@ def _read_jsonl(path: str, *, text_field: str, key_field: str | None) -> Iterato
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except ValueError as e:
+            row = json.loads(line, parse_constant=_no_constants)
+        except json.JSONDecodeError as e:
             yield Skip(path, number, f"malformed JSON ({e.msg} at column {e.colno})")
             continue
+        except ValueError as e:  # NaN, Infinity
+            yield Skip(path, number, f"malformed JSON ({e})")
+            continue
         if not isinstance(row, dict):
-            yield Skip(path, number, f"a JSON {type(row).__name__}, not an object")
+            yield Skip(path, number, f"a JSON {_JSON_TYPES.get(type(row), 'value')}, not an object")
             continue
         yield _record_from_fields(row, path, number, text_field, key_field)
 
@@ -159,14 +162,23 @@ def _typed(value: str):
     """CSV cells that are plain numbers become numbers, so filters like year>=2000 compare numerically."""
     if _INT.fullmatch(value):
         return int(value)
-    if _FLOAT.fullmatch(value):
+    if _FLOAT.fullmatch(value) and math.isfinite(float(value)):
         return float(value)
     return value
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
 
 
 def _read_csv(path: str, *, text_field: str, key_field: str | None) -> Iterator[Item]:
     skips: list[Skip] = []
     current = [0]
+    first: list[int | None] = [None]  # first line of the record being read
 
     def good_lines() -> Iterator[str]:
         for number, text in _decoded_lines(path):
@@ -174,6 +186,8 @@ def _read_csv(path: str, *, text_field: str, key_field: str | None) -> Iterator[
             if text is None:
                 skips.append(Skip(path, number, "not valid UTF-8"))
                 continue
+            if first[0] is None:
+                first[0] = number
             yield text + "\n"
 
     reader = csv.reader(good_lines())
@@ -186,22 +200,24 @@ def _read_csv(path: str, *, text_field: str, key_field: str | None) -> Iterator[
         raise InputError(f"cannot read the CSV header of {path}: {e}") from e
     header = [h.strip() for h in header]
     while True:
+        first[0] = None
         try:
             cells = next(reader)
         except StopIteration:
             break
         except csv.Error as e:
             yield from _drain(skips)
-            yield Skip(path, current[0], f"malformed CSV ({e})")
+            yield Skip(path, first[0] or current[0], f"malformed CSV ({e})")
             continue
         yield from _drain(skips)
-        number = current[0]
+        number = start = first[0] or current[0]  # a record is numbered by its first line
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
-            yield Skip(path, number, f"{len(cells)} fields, the header has {len(header)}")
+            span = f" (lines {start}-{current[0]}: an unclosed quote?)" if current[0] > start else ""
+            yield Skip(path, number, f"{len(cells)} fields, the header has {len(header)}{span}")
             continue
-        row = {h: (_typed(c) if h != text_field else c) for h, c in zip(header, cells)}
+        row = {h: (c if h in (text_field, key_field) else _typed(c)) for h, c in zip(header, cells)}
         yield _record_from_fields(row, path, number, text_field, key_field)
     yield from _drain(skips)
 

@@ -237,14 +237,18 @@ class VectorIndex:
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, directory: Path, generation: int) -> int:
-        """Write atomically (temp file, fsync, rename, fsync dir). Returns the payload CRC-32."""
+        """Write atomically (temp file, fsync, rename, fsync dir). Returns the CRC-32 recorded.
+
+        The caller holds the write lock, so temp files found here are left by killed writers.
+        """
         directory = Path(directory)
+        for stale in directory.glob(f".{FILE_NAME}.tmp-*"):
+            stale.unlink(missing_ok=True)
         payload = self.tombstones.astype("<i8").tobytes() + faiss.serialize_index(self.index).tobytes()
-        crc = zlib.crc32(payload)
-        header = json.dumps({
-            "format": FILE_FORMAT, "generation": int(generation), "factory": self.factory, "dim": self.dim,
-            "ntotal": self.ntotal, "tombstones": len(self.tombstones), "bytes": len(payload), "crc32": crc,
-        }).encode()
+        fields = {"format": FILE_FORMAT, "generation": int(generation), "factory": self.factory, "dim": self.dim,
+                  "ntotal": self.ntotal, "tombstones": len(self.tombstones), "bytes": len(payload)}
+        crc = _checksum(fields, payload)
+        header = json.dumps({**fields, "crc32": crc}).encode()
         tmp = directory / f".{FILE_NAME}.tmp-{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
@@ -273,6 +277,8 @@ class VectorIndex:
             raise IndexCorrupt(f"{path} cannot be parsed by FAISS ({str(e)[:120]}); run `latent rebuild`") from e
         vindex = cls(index, header["factory"], int(header["dim"]), generation=int(header["generation"]),
                      tombstones=tombstones, params=params)
+        if index.d != vindex.dim:
+            raise IndexCorrupt(f"{path} holds {index.d}-d vectors, its header says {vindex.dim}; run `latent rebuild`")
         if vindex.ntotal != int(header["ntotal"]):
             raise IndexCorrupt(f"{path} holds {vindex.ntotal} vectors, its header says {header['ntotal']}; "
                                "run `latent rebuild`")
@@ -298,9 +304,22 @@ def read_header(path: Path, *, with_payload: bool = False) -> tuple[dict, bytes]
         raise IndexCorrupt(f"{path} has a damaged header ({e}); run `latent rebuild`") from None
     if not isinstance(header, dict) or header.get("format") != FILE_FORMAT:
         raise IndexCorrupt(f"{path} has an unknown format; run `latent rebuild`")
-    if with_payload and (len(payload) != header.get("bytes") or zlib.crc32(payload) != header.get("crc32")):
-        raise IndexCorrupt(f"{path} is truncated or damaged (checksum mismatch); run `latent rebuild`")
+    missing = [k for k in _HEADER_FIELDS if not isinstance(header.get(k), str if k == "factory" else int)]
+    if missing:
+        raise IndexCorrupt(f"{path} has a damaged header (bad {', '.join(missing)}); run `latent rebuild`")
+    if with_payload:
+        fields = {k: v for k, v in header.items() if k != "crc32"}
+        if len(payload) != header["bytes"] or _checksum(fields, payload) != header["crc32"]:
+            raise IndexCorrupt(f"{path} is truncated or damaged (checksum mismatch); run `latent rebuild`")
     return header, payload
+
+
+_HEADER_FIELDS = ("format", "generation", "factory", "dim", "ntotal", "tombstones", "bytes", "crc32")
+
+
+def _checksum(fields: dict, payload: bytes) -> int:
+    """CRC-32 over the header fields (canonical JSON) and the payload."""
+    return zlib.crc32(payload, zlib.crc32(json.dumps(fields, sort_keys=True).encode()))
 
 
 def _hnsw_of(index):

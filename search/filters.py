@@ -5,9 +5,11 @@ Grammar (case-insensitive keywords):
     factor:= "not" factor | "(" expr ")" | FIELD OP VALUE | FIELD ["not"] "in" "(" VALUE ("," VALUE)* ")"
     OP    := = == != < <= > >=
 FIELD is a metadata name (dots reach nested objects: `a.b`). VALUE is a number, a quoted
-string, or a bare word (a string). `=` and `in` also match inside list values; `!=` and
-`not in` match items that lack the field; `<`-style comparisons need the field to hold a
-value of the same type (number with number, text with text).
+string, `true`/`false` (JSON booleans), or another bare word (a string). Matching is
+type-strict: 1 matches 1 and 1.0, never "1" or true. `=` and `in` also match inside list
+values; `!=` and `not in` match items that lack the field; `<`-style comparisons need the
+field to hold a value of the same type (number with number, text with text) and are false
+otherwise, also under `not`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class _Tok:
     kind: str
     value: object
     pos: int
+    raw: str = ""
 
 
 def _tokenize(text: str) -> list[_Tok]:
@@ -44,7 +47,9 @@ def _tokenize(text: str) -> list[_Tok]:
             break
         m = _TOKEN.match(text, pos)
         if not m:
-            raise FilterError(f"cannot read the filter at position {pos + 1}: {text[pos:pos + 20]!r}")
+            pos += len(text[pos:]) - len(text[pos:].lstrip())
+            raise FilterError(f"bad filter {text!r}: cannot read it at position {pos + 1}: {text[pos:pos + 20]!r} "
+                              "(unclosed quote?)")
         kind = m.lastgroup
         raw = m.group(kind)
         start = m.start(kind)
@@ -54,18 +59,21 @@ def _tokenize(text: str) -> list[_Tok]:
             value = float(raw) if any(c in raw for c in ".eE") else int(raw)
         elif kind == "word" and raw.lower() in _KEYWORDS:
             kind, value = "kw", raw.lower()
+        elif kind == "word" and raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
         else:
             value = raw
-        tokens.append(_Tok(kind, value, start))
+        tokens.append(_Tok(kind, value, start, raw))
         pos = m.end()
     tokens.append(_Tok("end", None, len(text)))
     return tokens
 
 
-def _path(field: str) -> str:
+def _path(field: str, text: str, pos: int) -> str:
     parts = field.split(".")
     if not all(parts):
-        raise FilterError(f"bad field name {field!r}")
+        raise FilterError(f"bad filter {text!r}: bad field name {field!r} at position {pos + 1} "
+                          "(dots separate nested names, as in a.b)")
     return "$" + "".join('."' + p.replace('"', '""') + '"' for p in parts)
 
 
@@ -128,10 +136,10 @@ class _Parser:
                 raise self.fail("')'")
             self.take()
             return inner
-        if tok.kind != "word":
+        if tok.kind != "word" or not isinstance(tok.value, str):
             raise self.fail("a field name")
         field = str(self.take().value)
-        path = _path(field)
+        path = _path(field, self.text, tok.pos)
         negate = False
         if self.is_kw("not"):
             self.take()
@@ -151,22 +159,39 @@ class _Parser:
             return self.membership(path, [value], False)
         if op.value == "!=":
             return self.membership(path, [value], True)
+        if isinstance(value, bool):
+            raise FilterError(f"bad filter {self.text!r}: true/false can only be compared with = or != "
+                              f"(position {op.pos + 1})")
         json_types = "('integer','real')" if isinstance(value, (int, float)) else "('text')"
         self.params += [path, path, value]
-        return (f"(json_type(metadata, ?) IN {json_types} AND json_extract(metadata, ?) {op.value} ?)")
+        # COALESCE: a missing field gives NULL, which must read as false, also under NOT
+        return (f"COALESCE(json_type(metadata, ?) IN {json_types} AND json_extract(metadata, ?) {op.value} ?, 0)")
 
     def membership(self, path: str, values: list, negate: bool) -> str:
-        self.params.append(path)
-        self.params += values
-        marks = ", ".join("?" for _ in values)
-        sql = f"EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE json_each.value IN ({marks}))"
+        """The field's value (or an element of its list value) equals one of `values`, type-strictly."""
+        conditions, params = [], []
+        for flag in (True, False):
+            if any(v is flag for v in values):
+                conditions.append(f"e.type = '{'true' if flag else 'false'}'")
+        numbers = [v for v in values if type(v) in (int, float)]
+        texts = [v for v in values if isinstance(v, str)]
+        for types, group in (("('integer','real')", numbers), ("('text')", texts)):
+            if group:
+                conditions.append(f"(e.type IN {types} AND e.value IN ({', '.join('?' for _ in group)}))")
+                params += group
+        self.params += [path, path] + params
+        sql = (f"EXISTS (SELECT 1 FROM json_each(metadata, ?) AS e WHERE json_type(metadata, ?) != 'object' "
+               f"AND ({' OR '.join(conditions)}))")
         return f"NOT {sql}" if negate else sql
 
     def value(self):
         tok = self.peek()
-        if tok.kind in ("str", "num", "word") or tok.kind == "kw":
+        if tok.kind in ("str", "num", "word"):
             self.take()
             return tok.value
+        if tok.kind == "kw":  # a value that spells a keyword keeps its case: state = OR
+            self.take()
+            return tok.raw
         raise self.fail("a value")
 
     def value_list(self) -> list:
