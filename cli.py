@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from functools import wraps
 from pathlib import Path
 
 import click

@@ -5,7 +5,6 @@ derived) and the writer lock. Opening catches a stale vector index up with the s
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 
 from . import vector_index as vx
 from .encoders import Encoder, get_encoder
-from .errors import EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, LatentError, OutOfVocabulary
+from .errors import EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary
 from .lock import WriteLock
 from .readers import Item, Record, Skip, content_hash
 from .store import DB_NAME, Store
@@ -257,15 +256,13 @@ class Index:
         try:
             vindex = self._vectors
             if vindex is not None:
-                if vindex.wants_rebuild(self.index_type, self.store.count()):
+                rebuilt = vindex.wants_rebuild(self.index_type, self.store.count())
+                if rebuilt:
                     self._vectors = self._build_vectors(progress)
-                if self._vectors.generation != self.manifest_generation_saved():
+                if rebuilt or self._vectors.generation != self.store.manifest().get("vectors_generation"):
                     self._save_vectors()
         finally:
             self._lock.release()
-
-    def manifest_generation_saved(self) -> int | None:
-        return self.store.manifest().get("vectors_generation")
 
     def add(self, items: Iterable[Item], *, batch_size: int | None = None, encoder: str | None = None,
             progress: Progress = _no_progress, total: int | None = None) -> IngestReport:

@@ -14,7 +14,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import faiss
 import numpy as np

@@ -165,3 +165,13 @@ def test_create_and_open_errors(tmp_path):
         Index.create(tmp_path / "a", encoder="glove")
     with pytest.raises(IndexNotFound, match="latent create"):
         Index.open(tmp_path / "nothing-here")
+
+
+def test_training_rebuild_is_saved_after_periodic_saves(tmp_path, glove_words, monkeypatch):
+    monkeypatch.setattr("indexer.index.SAVE_EVERY_S", 0.0)  # save after every batch
+    index = Index.create(tmp_path / "ivf", encoder="glove", index_type="ivf")
+    index.add(word_records(glove_words[:21000]), batch_size=7000)
+    reopened = Index.open(tmp_path / "ivf")
+    assert reopened.info()["faiss_factory"].startswith("IVF")
+    assert reopened.vectors.factory.startswith("IVF") and reopened.recovered is None
+    assert reopened.check()["ok"]
