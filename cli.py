@@ -7,6 +7,7 @@ Errors from the library are one line on stderr and exit code 1 (2 for usage erro
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -73,8 +74,10 @@ class Progress:
 
         bar = self.bars.get(stage)
         if bar is None:
+            # shutil falls back to 80x24 where a terminal reports 0x0 (tqdm would then draw nothing)
+            size = shutil.get_terminal_size()
             bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=" items", file=sys.stderr,
-                                          dynamic_ncols=True, leave=False)
+                                          ncols=size.columns, nrows=size.lines, leave=False)
         elif n == 0 and total is not None:
             bar.reset(total=total)
         if n:
@@ -138,7 +141,7 @@ class LatentGroup(click.Group):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def cli(quiet: bool, debug: bool):
-    """latent: search and explore latent spaces of words, sentences and images.
+    """latent: search and explore the latent spaces of words and sentences.
 
     Indexes are directories holding a SQLite store (items, metadata, vectors) and a
     FAISS index derived from it. Encoders: minilm (sentences, default), glove (words),

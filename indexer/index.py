@@ -87,7 +87,7 @@ class Index:
             })
             index = cls(directory, store)
             index._encoder = enc
-            index._vectors = index._new_vectors(0)
+            index._vectors = index._build_vectors()
             index._save_vectors()
         return index
 
@@ -176,12 +176,6 @@ class Index:
         if self._vectors is not None and self.store.generation() != self._vectors.generation:
             self._catch_up(self._vectors)
 
-    def _new_vectors(self, n: int) -> vx.VectorIndex:
-        factory = vx.target_factory(self.index_type, n, self.dim)
-        if vx.train_threshold(factory, self.dim):
-            factory = "Flat"
-        return vx.VectorIndex.new(factory, self.dim, params=self.params)
-
     def _load_vectors(self) -> vx.VectorIndex:
         try:
             vindex = vx.VectorIndex.load(self.directory, params=self.params)
@@ -226,12 +220,12 @@ class Index:
         with self.store.snapshot():
             generation = self.store.generation()
             n = self.store.count()
-            ids = self.store.ids()
 
             def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 yield from self.store.iter_vectors(self.dim)
 
-            def sample(count: int) -> np.ndarray:
+            def sample(count: int) -> np.ndarray:  # training vectors, for index types that train
+                ids = self.store.ids()
                 chosen = np.sort(np.random.default_rng(0).choice(ids, size=min(count, len(ids)), replace=False))
                 return self.store.vectors(chosen, self.dim)
 
