@@ -60,3 +60,13 @@ def test_normalize_refuses_nan():
     with pytest.raises(EncoderMismatch, match="NaN"):
         normalize(np.array([[1.0, np.nan]], dtype=np.float32))
     np.testing.assert_array_equal(normalize(np.zeros((1, 3))), np.zeros((1, 3)))
+
+
+def test_unreachable_hub_fails_at_once_without_offline_mode(monkeypatch):
+    """Not in the local cache and no hub: the error comes before the hub client's minute of retries."""
+    from indexer.encoders import sentence
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(sentence, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(EncoderUnavailable, match="hub cannot be reached.*minilm"):
+        get_encoder("st:some-org/model-that-is-not-on-this-machine")

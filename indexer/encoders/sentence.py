@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import os
+import socket
+from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -25,15 +28,37 @@ def _load_sentence_transformer(name_or_path: str):
         from sentence_transformers import SentenceTransformer
     except ImportError as e:  # pragma: no cover - part of the install
         raise EncoderUnavailable(f"sentence-transformers is not installed ({e}); run `make install`") from e
-    try:
-        return SentenceTransformer(name_or_path, device="cpu")
-    except Exception as e:  # the library raises OSError, ValueError, HTTP errors...
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EncoderUnavailable(
-            f"cannot load sentence-transformers model {name_or_path!r} ({first_line}); "
+    def unavailable(reason: str) -> EncoderUnavailable:
+        return EncoderUnavailable(
+            f"cannot load sentence-transformers model {name_or_path!r} ({reason}); "
             "it must be a local model folder or be downloadable from the Hugging Face hub. "
             "Offline, use the bundled encoder: --encoder minilm"
-        ) from e
+        )
+
+    local = Path(name_or_path).expanduser().exists()
+    attempts = [{"local_files_only": True}] if not local else [{}]
+    if not local and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("0", "", "false", "no"):
+        attempts.append({})  # then the hub, the ordinary way
+    error: Exception | None = None
+    for i, kwargs in enumerate(attempts):
+        if i and not _hub_reachable():  # fail at once rather than after the hub client's retries
+            raise unavailable("not on this machine, and the Hugging Face hub cannot be reached") from error
+        try:
+            return SentenceTransformer(name_or_path, device="cpu", **kwargs)
+        except Exception as e:  # the library raises OSError, ValueError, HTTP errors...
+            error = e
+    text = str(error).strip()
+    raise unavailable(text.splitlines()[0] if text else type(error).__name__) from error
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint's host resolves and accepts a connection."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 class SentenceTransformerEncoder(Encoder):
