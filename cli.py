@@ -41,20 +41,30 @@ def render_table(rows: list[dict], columns: list[str]) -> str:
 def hits_table(hits) -> str:
     if not hits:
         return "(no hits)"
-    rows = [{"rank": h.rank, "score": f"{h.score:.4f}", "key": h.key,
-             "text": h.text or "", "metadata": h.metadata or ""} for h in hits]
+    rows = [{"rank": h.rank, "score": f"{h.score:.4f}", "key": h.key, "text": h.text or "",
+             "metadata": h.metadata or "", "label": _label(h.metadata)} for h in hits]
     columns = ["rank", "score", "key"]
     if any(h.text and h.text != h.key for h in hits):
         columns.append("text")
-    if any(h.metadata for h in hits):
+    if all(h.kind == "image" for h in hits):  # image metadata is long: show what the CNN saw
+        columns.append("label")
+    elif any(h.metadata for h in hits):
         columns.append("metadata")
     return render_table(rows, columns)
+
+
+def _label(metadata: dict) -> str:
+    labels = metadata.get("labels") if isinstance(metadata, dict) else None
+    if not labels:
+        return ""
+    return ", ".join(f"{x['label']} {x['p']:.2f}" for x in labels[:3])
 
 
 def echo_hits(hits, as_json: bool, **extra) -> None:
     if as_json:
         click.echo(json.dumps({**extra, "hits": [
-            {"rank": h.rank, "key": h.key, "score": round(h.score, 6), "metadata": h.metadata, "text": h.text}
+            {"rank": h.rank, "key": h.key, "score": round(h.score, 6), "metadata": h.metadata, "text": h.text,
+             "kind": h.kind}
             for h in hits]}, ensure_ascii=False, indent=2))
     else:
         click.echo(hits_table(hits))
@@ -179,8 +189,9 @@ def create(directory: Path, encoder: str, index_type: str):
 @cli.command()
 @index_dir
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["lines", "words", "csv", "jsonl"]),
-              help="Input format (default: by extension: .csv, .jsonl/.ndjson, else lines).")
+@click.option("--format", "fmt", type=click.Choice(["lines", "words", "csv", "jsonl", "images"]),
+              help="Input format (default: folders and image files are images; .csv, .jsonl/.ndjson; "
+                   "else lines).")
 @click.option("--text-field", default="text", show_default=True, help="CSV/JSONL field holding the text.")
 @click.option("--key-field", help="CSV/JSONL field holding the item key (default: a hash of the text).")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Items per batch and transaction.")
@@ -188,19 +199,21 @@ def create(directory: Path, encoder: str, index_type: str):
 @json_option
 @click.pass_context
 def add(ctx, directory: Path, inputs, fmt, text_field, key_field, batch_size, encoder, as_json):
-    """Add the items of INPUTS (files, or - for stdin) to the index in DIRECTORY.
+    """Add the items of INPUTS (files, folders of images, or - for stdin) to DIRECTORY.
 
-    Existing keys are replaced (upsert); unchanged items are not re-encoded. Bad lines are
-    skipped and reported with their line numbers; everything else is added.
+    Existing keys are replaced (upsert); unchanged items are not re-encoded. Bad lines and
+    bad image files are skipped and reported; everything else is added. Image keys are the
+    paths relative to the folder given; the same image content is stored once.
 
     \b
     Example:
         latent add notes notes.csv --text-field body --key-field id
+        latent add photos ~/Pictures/holiday --format images
     """
     from indexer import Index, read_inputs
     from indexer.readers import check_inputs
 
-    check_inputs(inputs)
+    check_inputs(inputs, fmt)
     progress = _progress(ctx)
     started = time.perf_counter()
     with Index.open(directory) as index:
@@ -253,23 +266,27 @@ def search_cmd(directory: Path, query: str, k: int, where: str | None, as_json: 
 @click.option("--key", help="Key of an item in the index (excluded from its own results).")
 @click.option("--vector", "vector_file", type=click.Path(exists=True, dir_okay=False),
               help="A .npy file holding one vector of the index's dimension.")
+@click.option("--image", "image_file", type=click.Path(exists=True, dir_okay=False),
+              help="An image file (need not be in the index), for image encoders.")
 @k_option
 @where_option
 @json_option
-def similar(directory: Path, key: str | None, vector_file: str | None, k: int, where: str | None, as_json: bool):
-    """Items of DIRECTORY nearest to a stored item (--key) or to a vector (--vector).
+def similar(directory: Path, key: str | None, vector_file: str | None, image_file: str | None, k: int,
+            where: str | None, as_json: bool):
+    """Items of DIRECTORY nearest to a stored item (--key), a vector (--vector) or an image (--image).
 
     \b
     Example:
         latent similar notes --key s0202 -k 5
+        latent similar photos --image cat.jpg --where "label=tabby"
     """
     import numpy as np
 
     from indexer import Index
     from search import similar as find_similar
 
-    if (key is None) == (vector_file is None):
-        raise click.UsageError("give exactly one of --key or --vector")
+    if sum(x is not None for x in (key, vector_file, image_file)) != 1:
+        raise click.UsageError("give exactly one of --key, --vector or --image")
     vector = None
     if vector_file:
         try:
@@ -277,7 +294,7 @@ def similar(directory: Path, key: str | None, vector_file: str | None, k: int, w
         except (ValueError, OSError) as e:
             raise LatentError(f"cannot read {vector_file} as a .npy array ({e})") from e
     with Index.open(directory) as index:
-        hits = find_similar(index, key=key, vector=vector, k=k, where=where)
+        hits = find_similar(index, key=key, vector=vector, image=image_file, k=k, where=where)
     echo_hits(hits, as_json)
 
 

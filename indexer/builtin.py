@@ -1,6 +1,7 @@
 """Built-in indexes kept in the user's cache directory: every GloVe word (for `latent
-words`) and the sentence corpus shipped with latent (for `latent demo`). Built once,
-reused afterwards; an interrupted build resumes where it stopped."""
+words`), the sentence corpus shipped with latent and the photos shipped with
+scikit-image and scikit-learn (for `latent demo`). Built once, reused afterwards; an
+interrupted build resumes where it stopped."""
 
 from __future__ import annotations
 
@@ -65,3 +66,49 @@ def sentence_index(*, progress: Progress = _no_progress) -> Index:
     return _ensure(directory, "minilm",
                    lambda: read_inputs([str(SENTENCES)], fmt="jsonl", text_field="text", key_field="id"),
                    sum(1 for _ in open(SENTENCES, "rb")), progress, 128)
+
+
+# Real photos that ship inside scikit-image (skimage.data) and scikit-learn, no download.
+DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "hubble_deep_field",
+               "immunohistochemistry", "retina", "clock", "page")
+DEMO_FACES = 8  # from skimage.data.lfw_subset()
+
+
+def write_demo_photos(directory: Path) -> Path:
+    """Save the bundled photos as PNG/JPEG files into `directory` (once); returns it."""
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    for name in DEMO_PHOTOS:
+        target = directory / f"{name}.png"
+        if not target.exists():
+            pixels = np.asarray(getattr(skimage.data, name)())
+            tmp = target.with_suffix(".tmp.png")
+            Image.fromarray(pixels).save(tmp)
+            os.replace(tmp, target)
+    for path in load_sample_images().filenames:
+        target = directory / Path(path).name
+        if not target.exists():
+            shutil.copyfile(path, target)
+    faces = skimage.data.lfw_subset()  # 25x25 grey faces in [0, 1]
+    for i in range(DEMO_FACES):
+        target = directory / "faces" / f"face-{i:02d}.png"
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            Image.fromarray((faces[i] * 255).astype(np.uint8)).resize((100, 100)).save(target)
+    return directory
+
+
+def image_index(*, progress: Progress = _no_progress) -> Index:
+    """A `conse` index (texts and images in one space) over the bundled photos."""
+    from .images import read_images
+
+    photos = write_demo_photos(cache_dir() / "demo-photos")
+    directory = cache_dir() / "demo-images"
+    return _ensure(directory, "conse", lambda: read_images([str(photos)]),
+                   len(DEMO_PHOTOS) + 2 + DEMO_FACES, progress, 16)

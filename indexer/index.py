@@ -15,6 +15,7 @@ import numpy as np
 from . import vector_index as vx
 from .encoders import Encoder, get_encoder
 from .errors import EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary
+from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock
 from .readers import Item, Record, Skip, content_hash
 from .store import DB_NAME, Store
@@ -263,7 +264,8 @@ class Index:
         """Add or update Records (upsert by key), skipping unchanged ones; Skips are reported.
 
         Each batch is one store transaction; the vector index follows in memory and is
-        saved at the end (and every minute on long runs).
+        saved at the end (and every minute on long runs). Images are read, hashed, decoded
+        and preprocessed in worker threads ahead of the model.
         """
         if encoder is not None:
             self.check_encoder(encoder)
@@ -271,6 +273,8 @@ class Index:
         batch_size = int(batch_size or enc.default_batch_size)
         if batch_size < 1:
             raise InputError("--batch-size must be at least 1")
+        if "image" in enc.modalities:
+            items = prefetch(items, enc.preprocess, ahead=2 * batch_size)
         report = IngestReport()
         self._begin_write()
         try:
@@ -282,7 +286,8 @@ class Index:
                     report.skipped.append(item)
                     progress("add", 1, total)
                     continue
-                if not item.text or not item.text.strip():
+                self._check_modality(item)
+                if item.kind != "image" and (not item.text or not item.text.strip()):
                     report.skipped.append(Skip(item.source, item.line, "empty text"))
                     progress("add", 1, total)
                     continue
@@ -297,41 +302,76 @@ class Index:
             if batch:
                 self._add_batch(batch, report)
                 progress("add", len(batch), total)
-            if report.skipped:
-                self.store.record_skips((s.source, s.line, s.reason) for s in report.skipped)
         finally:
-            self._end_write(progress)
+            try:
+                if report.skipped:
+                    self.store.record_skips((s.source, s.line, s.reason) for s in report.skipped)
+            finally:
+                self._end_write(progress)
         return report
 
+    def _check_modality(self, record: Record) -> None:
+        modality = "image" if record.kind == "image" else ("word" if record.kind == "word" else "text")
+        modalities = self.encoder.modalities
+        if modality in modalities or (modality != "image" and {"text", "word"} & set(modalities)):
+            return
+        can = "efficientnet, conse or clip:<arch>/<pretrained>" if modality == "image" else \
+            "minilm, glove, conse, st:<name> or clip:<arch>/<pretrained>"
+        raise EncoderMismatch(
+            f"{self.directory} uses encoder {self.encoder_name!r}, which cannot encode {modality}s "
+            f"({record.source or record.key}); create an index with --encoder {can}"
+        )
+
+    def _resolve(self, rec: Record, report: IngestReport) -> tuple[str, dict, np.ndarray | None] | None:
+        """(content hash, metadata, preprocessed image or None) of a record; None when it is skipped."""
+        if rec.kind != "image":
+            return content_hash(rec.text), rec.metadata, None
+        try:
+            prepared = rec.prepared.result() if rec.prepared is not None else \
+                prepare(rec, self.encoder.preprocess)
+        except ImageRefused as e:
+            report.skipped.append(Skip(rec.source, rec.line, str(e)))
+            return None
+        return prepared.sha256, {**prepared.metadata, **rec.metadata}, prepared.array
+
     def _add_batch(self, batch: list[Record], report: IngestReport) -> None:
-        by_key: dict[str, tuple[Record, str, str]] = {}
+        by_key: dict[str, tuple[Record, str, str, np.ndarray | None]] = {}
         for rec in batch:  # the last record of a key within a batch wins
+            resolved = self._resolve(rec, report)
+            if resolved is None:
+                continue
+            rec_hash, metadata, array = resolved
             try:
-                meta = metadata_json(rec.metadata)
+                meta = metadata_json(metadata)
             except InputError as e:
                 report.skipped.append(Skip(rec.source, rec.line, str(e)))
                 continue
-            rec_hash = content_hash(rec.text)
             key = rec.key if rec.key is not None else rec_hash[:20]
-            by_key[key] = (rec, rec_hash, meta)
+            by_key[key] = (rec, rec_hash, meta, array)
+        self._skip_duplicate_images(by_key, report)
         existing = self.store.lookup(list(by_key))
-        to_encode: list[tuple[str, Record]] = []
+        to_encode: list[tuple[str, Record, np.ndarray | None]] = []
         meta_updates: list[tuple[int, str]] = []
-        for key, (rec, rec_hash, meta) in by_key.items():
+        for key, (rec, rec_hash, meta, array) in by_key.items():
             if key in existing and existing[key][1] == rec_hash:
-                if existing[key][2] != meta:
+                old = existing[key][2]
+                if rec.kind == "image":  # keep what the encoder added (labels) to the stored metadata
+                    meta = metadata_json({**json.loads(old), **json.loads(meta)})
+                if old != meta:
                     meta_updates.append((existing[key][0], meta))
                 else:
                     report.unchanged += 1
                 continue
-            to_encode.append((key, rec))
-        vectors = self._encode_records(to_encode, report)
+            to_encode.append((key, rec, array))
+        vectors, extra = self._encode_records(to_encode, report)
         if not to_encode and not meta_updates:
             return
-        replace_ids = [existing[key][0] for key, _ in to_encode if key in existing]
-        rows = [{"key": key, "kind": rec.kind, "text": rec.text, "path": None, "content_hash": by_key[key][1],
-                 "metadata": by_key[key][2], "vector": vec}
-                for (key, rec), vec in zip(to_encode, vectors)]
+        replace_ids = [existing[key][0] for key, _, _ in to_encode if key in existing]
+        rows = [{"key": key, "kind": rec.kind, "text": rec.text if rec.kind != "image" else None,
+                 "path": getattr(rec, "path", None) or None, "content_hash": by_key[key][1],
+                 "metadata": metadata_json({**json.loads(by_key[key][2]), **more}) if more else by_key[key][2],
+                 "vector": vec}
+                for (key, rec, _), vec, more in zip(to_encode, vectors, extra)]
         generation, ids = self.store.write_batch(rows, replace_ids=replace_ids, metadata_updates=meta_updates)
         vindex = self._vectors
         vindex.remove(np.array(replace_ids, dtype=np.int64))
@@ -342,17 +382,47 @@ class Index:
         report.metadata_updated += len(meta_updates)
         report.committed.append((generation, len(rows) + len(meta_updates)))
 
-    def _encode_records(self, to_encode: list[tuple[str, Record]], report: IngestReport) -> np.ndarray:
-        """Encode in place; records the encoder refuses (unknown words) become Skips."""
-        texts = [rec.text for _, rec in to_encode]
+    def _skip_duplicate_images(self, by_key: dict, report: IngestReport) -> None:
+        """Same image content under a second key is stored once: the second becomes a Skip."""
+        hashes = [h for rec, h, _, _ in by_key.values() if rec.kind == "image"]
+        if not hashes:
+            return
+        owners = self.store.keys_of_hashes(hashes)
+        for key, (rec, rec_hash, _, _) in list(by_key.items()):
+            if rec.kind != "image":
+                continue
+            owner = owners.setdefault(rec_hash, key)
+            if owner != key:
+                report.skipped.append(Skip(rec.source, rec.line, f"same content as {owner!r}, stored once"))
+                del by_key[key]
+
+    def _encode_records(self, to_encode: list[tuple[str, Record, np.ndarray | None]],
+                        report: IngestReport) -> tuple[np.ndarray, list[dict]]:
+        """Vectors (and encoder metadata) for records in order; texts the encoder refuses
+        (unknown words) become Skips and leave `to_encode`."""
+        texts = [rec.text for _, rec, array in to_encode if array is None]
         try:
-            return self.encoder.encode(texts)
+            text_vectors = self.encoder.encode(texts)
         except OutOfVocabulary as e:
             bad = set(e.words)
-            for _, rec in [kr for kr in to_encode if kr[1].text in bad]:
-                report.skipped.append(Skip(rec.source, rec.line, f"{rec.text!r} is not in the {self.encoder_name} vocabulary"))
-            to_encode[:] = [kr for kr in to_encode if kr[1].text not in bad]
-            return self.encoder.encode([rec.text for _, rec in to_encode])
+            for _, rec, _ in [t for t in to_encode if t[2] is None and t[1].text in bad]:
+                report.skipped.append(Skip(rec.source, rec.line,
+                                           f"{rec.text!r} is not in the {self.encoder_name} vocabulary"))
+            to_encode[:] = [t for t in to_encode if t[2] is not None or t[1].text not in bad]
+            text_vectors = self.encoder.encode([rec.text for _, rec, array in to_encode if array is None])
+        arrays = [array for _, _, array in to_encode if array is not None]
+        image_vectors, image_meta = self.encoder.encode_preprocessed(np.stack(arrays)) if arrays else (None, [])
+        vectors = np.zeros((len(to_encode), self.dim), dtype=np.float32)
+        extra: list[dict] = [{} for _ in to_encode]
+        t = i = 0
+        for row, (_, _, array) in enumerate(to_encode):
+            if array is None:
+                vectors[row] = text_vectors[t]
+                t += 1
+            else:
+                vectors[row], extra[row] = image_vectors[i], image_meta[i]
+                i += 1
+        return vectors, extra
 
     def add_vectors(self, keys: Sequence[str], vectors: np.ndarray, *, metadata: Sequence[dict] | None = None,
                     texts: Sequence[str | None] | None = None) -> IngestReport:

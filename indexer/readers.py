@@ -1,5 +1,6 @@
 """Readers: turn input files into Records (key, text, metadata) and Skips (bad lines
-with their line numbers and reasons). Formats: lines, words, csv, jsonl."""
+with their line numbers and reasons). Formats: lines, words, csv, jsonl, and images
+(folders, recursively; see indexer/images.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Iterable, Iterator, Union
 
 from .errors import InputError
 
-FORMATS = ("lines", "words", "csv", "jsonl")
+FORMATS = ("lines", "words", "csv", "jsonl", "images")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "lines"}
 _INT = re.compile(r"-?(0|[1-9]\d*)")
 _FLOAT = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
@@ -50,35 +51,47 @@ def content_hash(text: str) -> str:
 
 
 def detect_format(path: str) -> str:
-    return _EXTENSIONS.get(Path(path).suffix.lower(), "lines")
+    """By extension: .csv, .jsonl/.ndjson, images; folders hold images; anything else is lines."""
+    from .images import IMAGE_EXTENSIONS
+
+    p = Path(path)
+    if p.is_dir() or p.suffix.lower() in IMAGE_EXTENSIONS:
+        return "images"
+    return _EXTENSIONS.get(p.suffix.lower(), "lines")
 
 
-def check_inputs(paths: Iterable[str]) -> list[str]:
+def check_inputs(paths: Iterable[str], fmt: str | None = None) -> list[str]:
     """Fail early, before anything is written, when an input cannot be opened."""
     paths = list(paths)
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     for p in paths:
         if p == "-":
+            if fmt == "images":
+                raise InputError("images cannot come from standard input; give files or folders")
             continue
         path = Path(p)
         if not path.exists():
             raise InputError(f"input {p} does not exist")
-        if path.is_dir():
-            raise InputError(f"input {p} is a directory; give the files in it (text formats: {', '.join(FORMATS)})")
+        if path.is_dir() and fmt not in (None, "images"):
+            raise InputError(f"input {p} is a folder; folders are read as --format images")
     return paths
 
 
 def read_inputs(paths: Iterable[str], *, fmt: str | None = None, text_field: str = "text",
                 key_field: str | None = None) -> Iterator[Item]:
-    """Records and Skips from every input, in order. `fmt` None: by extension (.csv, .jsonl, else lines)."""
-    for p in check_inputs(paths):
-        f = fmt or detect_format(p)
-        if f not in FORMATS:
-            raise InputError(f"unknown format {f!r}; use one of {', '.join(FORMATS)}")
-        reader = {"lines": _read_lines, "words": _read_words, "csv": _read_csv, "jsonl": _read_jsonl}[f]
-        if f in ("csv", "jsonl"):
+    """Records and Skips from every input, in order. `fmt` None: by extension (see detect_format)."""
+    from .images import read_images
+
+    for p in check_inputs(paths, fmt):
+        f = fmt or ("lines" if p == "-" else detect_format(p))
+        if f == "images":
+            yield from read_images([p])
+        elif f in ("csv", "jsonl"):
+            reader = _read_csv if f == "csv" else _read_jsonl
             yield from reader(p, text_field=text_field, key_field=key_field)
         else:
-            yield from reader(p)
+            yield from (_read_lines if f == "lines" else _read_words)(p)
 
 
 def _decoded_lines(path: str) -> Iterator[tuple[int, str | None]]:

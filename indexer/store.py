@@ -51,8 +51,12 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m002_content_hash_index(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE INDEX items_content_hash ON items(content_hash)")
+
+
 # Schema migrations, applied in order; PRAGMA user_version counts those applied.
-MIGRATIONS = [_m001_initial]
+MIGRATIONS = [_m001_initial, _m002_content_hash_index]
 
 
 def _connect(path: Path) -> sqlite_utils.Database:
@@ -206,6 +210,16 @@ class Store:
                 [json.dumps(keys[start:start + _CHUNK])],
             ).fetchall()
             out.update({key: (i, h, m) for key, i, h, m in rows})
+        return out
+
+    def keys_of_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
+        """content hash -> key of a stored item with that content, for the hashes that exist."""
+        out: dict[str, str] = {}
+        for start in range(0, len(hashes), _CHUNK):
+            rows = self.db.execute(
+                "SELECT content_hash, min(key) FROM items WHERE content_hash IN (SELECT value FROM json_each(?)) "
+                "GROUP BY content_hash", [json.dumps(list(hashes[start:start + _CHUNK]))]).fetchall()
+            out.update(dict(rows))
         return out
 
     def fetch(self, ids: Sequence[int]) -> dict[int, dict]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from indexer.builtin import sentence_index, word_index
+from indexer.builtin import image_index, sentence_index, word_index
 from indexer.index import Progress, _no_progress
 
-from .query import Hit, search
+from .query import Hit, search, similar
 from .words import neighbours
 
 WORDS = ("toilet", "king", "dog", "paris")
@@ -16,6 +16,8 @@ SENTENCES = (
     "baking bread at home",
     "looking at planets through a telescope",
 )
+IMAGE_TEXTS = ("a cat", "a cup of coffee", "a rocket launch")
+SIMILAR_PHOTO = "faces/face-00.png"
 
 
 def run_demo(*, k: int = 5, progress: Progress = _no_progress) -> list[tuple[str, list[Hit]]]:
@@ -26,4 +28,9 @@ def run_demo(*, k: int = 5, progress: Progress = _no_progress) -> list[tuple[str
     sentences = sentence_index(progress=progress)
     results += [(f"sentences nearest to {q!r} (MiniLM, {sentences.count():,} sentences)", search(sentences, q, k=k))
                 for q in SENTENCES]
+    photos = image_index(progress=progress)
+    results += [(f"photos nearest to the text {q!r} (ConSE, {photos.count()} photos)", search(photos, q, k=k))
+                for q in IMAGE_TEXTS]
+    results.append((f"photos nearest to the photo {SIMILAR_PHOTO!r} (ConSE)",
+                    similar(photos, key=SIMILAR_PHOTO, k=k)))
     return results

@@ -8,6 +8,7 @@ Indexes with compressed codes (PQ) are re-ranked from the stored exact vectors.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +25,7 @@ EXACT_SCAN_MAX = 20_000
 
 @dataclass
 class Hit:
-    """One result: rank (1-based), key, score (cosine similarity), metadata, text."""
+    """One result: rank (1-based), key, score (cosine similarity), metadata, text, kind."""
 
     rank: int
     key: str
@@ -32,6 +33,7 @@ class Hit:
     metadata: dict = field(default_factory=dict)
     text: str | None = None
     id: int = 0
+    kind: str = "text"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,17 +61,27 @@ def search(index: Index, query: str | np.ndarray, *, k: int = 10, where: str | N
     return search_vectors(index, vector, k=k, where=where, exclude_keys=exclude_keys)[0]
 
 
-def similar(index: Index, *, key: str | None = None, vector: np.ndarray | None = None, k: int = 10,
-            where: str | None = None) -> list[Hit]:
-    """The k nearest items to a stored item (itself excluded) or to a given vector."""
-    if (key is None) == (vector is None):
-        raise LatentError("give exactly one of a key or a vector")
+def similar(index: Index, *, key: str | None = None, vector: np.ndarray | None = None,
+            image: str | Path | None = None, k: int = 10, where: str | None = None) -> list[Hit]:
+    """The k nearest items to a stored item (itself excluded), a vector, or an image file."""
+    if sum(x is not None for x in (key, vector, image)) != 1:
+        raise LatentError("give exactly one of a key, a vector or an image")
     if key is not None:
         stored = index.store.vector_of_key(key, index.dim)
         if stored is None:
             raise LatentError(f"no item with key {key!r} in {index.directory}")
         return search_vectors(index, stored, k=k, where=where, exclude_keys=(key,))[0]
+    if image is not None:
+        vector = encode_image(index, image)
     return search_vectors(index, vector, k=k, where=where)[0]
+
+
+def encode_image(index: Index, path: str | Path) -> np.ndarray:
+    """The query vector of an image file, by the index's own encoder."""
+    from indexer.images import load_image
+
+    picture = load_image(path)
+    return index.encoder.encode_images([picture])[0][0]
 
 
 def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str | None = None,
@@ -151,10 +163,10 @@ def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded
         if row is None:  # deleted by another process since the vector index was read
             continue
         hits.append(Hit(rank=len(hits) + 1, key=row["key"], score=score, metadata=row["metadata"],
-                        text=row["text"], id=item_id))
+                        text=row["text"], id=item_id, kind=row["kind"]))
         if len(hits) == k:
             break
     return hits
 
 
-__all__ = ["Hit", "search", "similar", "search_vectors", "encode_query", "matching_ids"]
+__all__ = ["Hit", "search", "similar", "search_vectors", "encode_query", "encode_image", "matching_ids"]

@@ -71,7 +71,7 @@ def test_similar_by_key_and_vector(run, notes, tmp_path):
     np.save(tmp_path / "bad.npy", np.ones(50, dtype=np.float32))
     bad = run("similar", notes, "--vector", tmp_path / "bad.npy")
     assert bad.exit_code == 1 and "384" in bad.output
-    assert run("similar", notes).exit_code == 2  # usage: neither --key nor --vector
+    assert run("similar", notes).exit_code == 2  # usage: none of --key, --vector, --image
 
 
 def test_info_check_delete_rebuild(run, notes):
@@ -158,3 +158,39 @@ def test_help_texts_have_examples(run):
     for command in ["create", "add", "search", "similar", "delete", "info", "check", "rebuild", "words", "demo"]:
         result = run(command, "--help")
         assert result.exit_code == 0 and "Example:" in result.output, command
+
+
+def test_images_through_the_cli(run, tmp_path):
+    from indexer.builtin import write_demo_photos
+
+    photos = write_demo_photos(tmp_path / "photos")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    directory = tmp_path / "pics"
+    assert run("create", directory, "--encoder", "conse").exit_code == 0
+    added = run("add", directory, photos, "--json")  # a folder: images, found recursively
+    assert added.exit_code == 0, added.output
+    report = json.loads(added.output)
+    assert report["skipped"] == 1 and report["skipped_lines"][0]["reason"].startswith("corrupt or truncated")
+    assert report["added"] == report["count"] >= 20
+    text = json.loads(run("search", directory, "a cup of coffee", "-k", "1", "--json").output)
+    assert text["hits"][0]["key"] == "coffee.png" and text["hits"][0]["kind"] == "image"
+    table = run("similar", directory, "--image", photos / "faces" / "face-00.png", "-k", "3")
+    assert table.exit_code == 0 and table.output.splitlines()[0].split() == ["rank", "score", "key", "label"]
+    assert all("faces/" in line for line in table.output.splitlines()[2:])
+    filtered = json.loads(run("search", directory, "a photo", "--where", "label=espresso", "--json").output)
+    assert [h["key"] for h in filtered["hits"]] == ["coffee.png"]
+
+
+def test_text_query_on_an_image_only_index_names_the_encoders(run, tmp_path):
+    from PIL import Image
+    import skimage.data
+
+    Image.fromarray(skimage.data.rocket()).save(tmp_path / "rocket.png")
+    directory = tmp_path / "cnn"
+    assert run("create", directory, "--encoder", "efficientnet").exit_code == 0
+    assert run("add", directory, tmp_path / "rocket.png").exit_code == 0
+    result = run("search", directory, "a rocket")
+    assert result.exit_code == 1 and "not text" in result.output and "conse" in result.output
+    by_image = json.loads(run("similar", directory, "--image", tmp_path / "rocket.png", "--json").output)
+    assert by_image["hits"][0]["key"] == "rocket.png"
+    assert by_image["hits"][0]["metadata"]["label"] in ("missile", "projectile", "space shuttle")

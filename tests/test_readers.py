@@ -66,7 +66,7 @@ def skips_of(items) -> list[tuple[int, str]]:
 # -- formats -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, fmt", [
     ("a.csv", "csv"), ("a.CSV", "csv"), ("a.jsonl", "jsonl"), ("a.ndjson", "jsonl"),
-    ("a.txt", "lines"), ("a.dat", "lines"), ("noext", "lines"),
+    ("a.txt", "lines"), ("a.dat", "lines"), ("noext", "lines"), ("a.JPG", "images"), ("b.png", "images"),
 ])
 def test_format_is_detected_by_extension(name, fmt):
     assert detect_format(name) == fmt
@@ -267,10 +267,11 @@ def test_missing_input_raises_before_anything_is_written(index, tmp_path, order)
     assert index.add(read_inputs([good])).added == 2
 
 
-def test_directory_or_unknown_format_is_an_input_error(tmp_path):
+def test_folder_with_a_text_format_or_unknown_format_is_an_input_error(tmp_path):
     good = write(tmp_path / "good.txt", "cat\n")
-    with pytest.raises(InputError, match="is a directory"):
-        list(read_inputs([good, str(tmp_path)]))
+    with pytest.raises(InputError, match="is a folder; folders are read as --format images"):
+        list(read_inputs([good, str(tmp_path)], fmt="lines"))
+    assert detect_format(str(tmp_path)) == "images"
     with pytest.raises(InputError, match="unknown format 'xml'"):
         list(read_inputs([good], fmt="xml"))
 

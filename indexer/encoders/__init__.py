@@ -29,14 +29,31 @@ def _minilm() -> Encoder:
     return load_minilm()
 
 
+def _efficientnet() -> Encoder:
+    from .efficientnet import load_efficientnet
+
+    return load_efficientnet()
+
+
+def _conse() -> Encoder:
+    from .conse import ConseEncoder
+
+    return ConseEncoder()
+
+
 register("minilm", _minilm, "all-MiniLM-L6-v2 sentence embeddings, 384-d (bundled, default for text)")
 register("glove", _glove, "GloVe 6B word vectors, 50-d, 400,000 words (bundled, default for words)")
+register("efficientnet", _efficientnet,
+         "EfficientNet-Lite0 ImageNet CNN, 1280-d image features + top-5 labels (bundled, default for images)")
+register("conse", _conse, "texts and images in one 384-d space, offline: ConSE over efficientnet + minilm (bundled)")
 
 
 def list_encoders() -> dict[str, str]:
     """Names and descriptions of the registered encoders, plus the `st:` family."""
     out = {name: desc for name, (_, desc) in _FACTORIES.items()}
     out["st:<name-or-path>"] = "any sentence-transformers model: a local folder, or a hub name (needs a network)"
+    out["clip:<arch>/<pretrained>"] = ("open_clip, texts and images: a pretrained tag (needs a network or the "
+                                       "hub cache) or a local checkpoint file")
     return out
 
 
@@ -48,6 +65,10 @@ def get_encoder(name: str) -> Encoder:
         from .sentence import SentenceTransformerEncoder
 
         encoder: Encoder = SentenceTransformerEncoder(name[3:])
+    elif name.startswith("clip:") and len(name) > 5:
+        from .clip import load_clip
+
+        encoder = load_clip(name[5:])
     elif name in _FACTORIES:
         encoder = _FACTORIES[name][0]()
     else:

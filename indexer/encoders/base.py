@@ -6,7 +6,6 @@ subclasses only implement `_embed`.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from typing import Sequence
 
 import numpy as np
@@ -31,8 +30,13 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
-class Encoder(ABC):
-    """Maps items (texts, words, ...) to vectors of one latent space."""
+class Encoder:
+    """Maps items (texts, words, images) to vectors of one latent space.
+
+    Text and word encoders implement `_embed`; image encoders implement `preprocess`
+    (one decoded RGB image to a model input, run in worker threads) and `_embed_images`
+    (a stacked batch of inputs to raw vectors, plus optional per-image metadata).
+    """
 
     name: str = ""
     version: str = "1"
@@ -40,20 +44,51 @@ class Encoder(ABC):
     modalities: tuple[str, ...] = ()
     default_batch_size: int = 64
 
-    @abstractmethod
+    # -- texts and words -----------------------------------------------------------------
     def _embed(self, items: Sequence[str]) -> np.ndarray:
         """Return raw float (len(items), dim) vectors; `encode` normalises them."""
+        raise EncoderMismatch(
+            f"encoder {self.name!r} encodes {' and '.join(self.modalities) or 'nothing'}, not text; "
+            f"encoders that take text: {', '.join(_text_encoders())}"
+        )
 
     def encode(self, items: Sequence[str]) -> np.ndarray:
-        """Encode items into float32 (n, dim) L2-normalised vectors."""
+        """Encode texts (or words) into float32 (n, dim) L2-normalised vectors."""
         items = list(items)
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = normalize(self._embed(items))
-        if vectors.shape != (len(items), self.dim):
-            raise EncoderMismatch(
-                f"encoder {self.name} returned shape {vectors.shape}, expected {(len(items), self.dim)}"
-            )
+        return self._checked(normalize(self._embed(items)), len(items))
+
+    # -- images ----------------------------------------------------------------------------
+    def preprocess(self, image) -> np.ndarray:
+        """One RGB PIL image to a float32 model input (for example (3, 224, 224))."""
+        raise EncoderMismatch(
+            f"encoder {self.name!r} encodes {' and '.join(self.modalities) or 'nothing'}, not images; "
+            "encoders that take images: efficientnet, conse, clip:<arch>/<pretrained>"
+        )
+
+    def _embed_images(self, batch: np.ndarray) -> tuple[np.ndarray, list[dict] | None]:
+        """Raw (n, dim) vectors of a stacked batch of `preprocess` outputs, and per-image metadata or None."""
+        raise NotImplementedError
+
+    def encode_preprocessed(self, batch: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """(float32 (n, dim) L2-normalised vectors, metadata dicts) of a batch of preprocessed images."""
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        vectors, metadata = self._embed_images(np.ascontiguousarray(batch, dtype=np.float32))
+        return self._checked(normalize(vectors), len(batch)), list(metadata or [{} for _ in range(len(batch))])
+
+    def encode_images(self, images: Sequence) -> tuple[np.ndarray, list[dict]]:
+        """Encode RGB PIL images: preprocess each, then one batch."""
+        images = list(images)
+        if not images:
+            return self.encode_preprocessed(np.zeros((0,), dtype=np.float32))
+        return self.encode_preprocessed(np.stack([self.preprocess(im) for im in images]))
+
+    # -- shared --------------------------------------------------------------------------------
+    def _checked(self, vectors: np.ndarray, n: int) -> np.ndarray:
+        if vectors.shape != (n, self.dim):
+            raise EncoderMismatch(f"encoder {self.name} returned shape {vectors.shape}, expected {(n, self.dim)}")
         return vectors
 
     def describe(self) -> dict:
@@ -61,3 +96,7 @@ class Encoder(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} dim={self.dim}>"
+
+
+def _text_encoders() -> list[str]:
+    return ["minilm", "conse", "glove (single words)", "st:<name-or-path>", "clip:<arch>/<pretrained>"]

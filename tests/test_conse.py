@@ -1,0 +1,104 @@
+"""Cross-modal and image-space search on real photos: ConSE text->image, EfficientNet
+image->image, and faces clustering, with the bundled models only."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer import Index
+from indexer.builtin import DEMO_FACES, DEMO_PHOTOS, write_demo_photos
+from indexer.encoders import get_encoder
+from indexer.images import read_images
+from search import search, similar
+
+skdata = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_demo_photos(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="module")
+def conse_index(photos, tmp_path_factory):
+    index = Index.create(tmp_path_factory.mktemp("conse") / "idx", encoder="conse")
+    report = index.add(read_images([str(photos)]))
+    assert report.added == len(DEMO_PHOTOS) + 2 + DEMO_FACES and not report.skipped
+    return index
+
+
+@pytest.mark.parametrize("query, photo", [
+    ("a cat", "chelsea.png"), ("a cup of coffee", "coffee.png"), ("a rocket", "rocket.png"),
+    ("a kitten", "chelsea.png"), ("espresso", "coffee.png"), ("a temple", "china.jpg"),
+])
+def test_conse_text_queries_rank_the_right_photo_first(conse_index, query, photo):
+    hits = search(conse_index, query, k=3)
+    assert hits[0].key == photo, [(h.key, round(h.score, 3)) for h in hits]
+    assert hits[0].score > hits[1].score
+
+
+def test_conse_filters_on_labels_and_similar_by_image(conse_index, photos):
+    hits = search(conse_index, "an animal", k=5, where="label in (tabby, 'tiger cat', 'Egyptian cat')")
+    assert [h.key for h in hits] == ["chelsea.png"]
+    by_file = similar(conse_index, image=photos / "coffee.png", k=1)
+    assert by_file[0].key == "coffee.png" and by_file[0].score > 0.99
+
+
+def test_conse_text_vectors_are_minilm():
+    conse, minilm = get_encoder("conse"), get_encoder("minilm")
+    assert (conse.dim, conse.modalities) == (384, ("text", "image"))
+    np.testing.assert_allclose(conse.encode(["a red car"]), minilm.encode(["a red car"]), atol=1e-6)
+
+
+def test_efficientnet_puts_the_cat_nearer_animals_than_the_rocket(tmp_path):
+    """Image->image in the CNN's feature space: other cat pictures before the rocket."""
+    root = tmp_path / "pics"
+    root.mkdir()
+    cat = Image.fromarray(skdata.chelsea())
+    cat.crop((0, 0, 300, 300)).save(root / "cat-left.png")
+    cat.crop((151, 0, 451, 300)).resize((200, 200)).save(root / "cat-right.png")
+    Image.fromarray(skdata.astronaut()).save(root / "astronaut.png")
+    Image.fromarray(skdata.rocket()).save(root / "rocket.png")
+    Image.fromarray(skdata.coffee()).save(root / "coffee.png")
+    Image.fromarray(skdata.horse().astype(np.uint8) * 255).save(root / "horse-silhouette.png")
+    index = Index.create(tmp_path / "idx", encoder="efficientnet")
+    index.add(read_images([str(root)]))
+    hits = similar(index, key="cat-left.png", k=5)
+    order = [h.key for h in hits]
+    assert order[0] == "cat-right.png"
+    assert order.index("cat-right.png") < order.index("rocket.png")
+    scores = {h.key: h.score for h in hits}
+    assert scores["cat-right.png"] > scores["rocket.png"] + 0.3
+
+
+def test_lfw_faces_cluster_under_efficientnet(tmp_path):
+    """A face's nearest neighbours are faces far more often than the other photos (measured)."""
+    faces = skdata.lfw_subset()[:100]  # 25x25 grey faces, values in [0, 1]
+    root = tmp_path / "mixed"
+    root.mkdir()
+    for i, face in enumerate(faces):
+        Image.fromarray((face * 255).astype(np.uint8)).resize((100, 100)).save(root / f"face-{i:03d}.png")
+    rng = np.random.default_rng(0)
+    others = []
+    for name in ("rocket", "coffee", "chelsea", "hubble_deep_field", "coins", "immunohistochemistry",
+                 "retina", "clock", "page", "brick", "grass", "gravel", "moon", "text"):
+        pixels = np.asarray(getattr(skdata, name)())
+        for j in range(7):  # distinct grey crops, like the faces
+            h, w = pixels.shape[:2]
+            side = int(min(h, w) * rng.uniform(0.3, 0.7))
+            y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            crop = Image.fromarray(pixels[y:y + side, x:x + side]).convert("L").resize((100, 100))
+            crop.save(root / f"other-{name}-{j}.png")
+            others.append(f"other-{name}-{j}.png")
+    index = Index.create(tmp_path / "idx", encoder="efficientnet")
+    report = index.add(read_images([str(root)]))
+    assert report.added == len(faces) + len(others)
+    k = 10
+    face_share = []
+    for i in range(0, len(faces), 5):
+        hits = similar(index, key=f"face-{i:03d}.png", k=k)
+        face_share.append(np.mean([h.key.startswith("face-") for h in hits]))
+    base_rate = (len(faces) - 1) / (len(faces) + len(others) - 1)
+    measured = float(np.mean(face_share))
+    print(f"faces among a face's {k} nearest: {measured:.3f} (base rate {base_rate:.3f})")
+    assert measured >= 0.9 and measured > base_rate + 0.3
