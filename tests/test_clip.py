@@ -237,3 +237,39 @@ def test_cached_tag_loads_offline_with_the_tags_preprocessing(reference, monkeyp
     assert type(enc.model.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"  # as the tag was trained
     v = enc.encode(TEXTS[:2])
     assert v.shape == (2, DIM) and np.isfinite(v).all()
+
+
+def test_checkpoint_round_trips_through_create_add_search(reference, encoder, photos, tmp_path):
+    """The user's path end to end: `latent create --encoder clip:ARCH/ckpt`, add a folder, search."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name, image in zip(("chelsea", "coffee", "rocket"), photos):
+        image.save(folder / f"{name}.png")
+    spec = f"clip:{ARCH}/{reference['dir'] / 'plain.pt'}"
+    runner = CliRunner()
+    directory = tmp_path / "idx"
+
+    def run(*args):
+        result = runner.invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert f"({DIM}-d)" in run("create", directory, "--encoder", spec)
+    assert json.loads(run("add", directory, folder, "--json"))["added"] == 3
+    info = json.loads(run("info", directory, "--json"))
+    assert info["encoder"] == spec and info["dim"] == DIM
+    # random weights rank nothing meaningfully, but every query type must agree with the model itself
+    hits = json.loads(run("search", directory, TEXTS[0], "-k", "3", "--json"))["hits"]
+    text_vec, image_vecs = _reference_vectors(reference, [TEXTS[0]], photos)
+    expected = [f"{n}.png" for n in np.array(["chelsea", "coffee", "rocket"])[np.argsort(-(image_vecs @ text_vec[0]))]]
+    assert [h["key"] for h in hits] == expected
+    np.testing.assert_allclose(sorted((h["score"] for h in hits), reverse=True),
+                               np.sort(image_vecs @ text_vec[0])[::-1], atol=1e-4)
+    by_image = json.loads(run("similar", directory, "--image", folder / "coffee.png", "-k", "1", "--json"))
+    assert by_image["hits"][0]["key"] == "coffee.png" and by_image["hits"][0]["score"] > 0.999
