@@ -7,6 +7,7 @@ Errors from the library are one line on stderr and exit code 1 (2 for usage erro
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -123,6 +124,17 @@ def index_dir(f):
     return click.argument("directory", type=click.Path(file_okay=False, path_type=Path))(f)
 
 
+def _open(ctx: click.Context, directory: Path):
+    """An index directory, or a built-in index (@words, @sentences, @photos), built on first use."""
+    from indexer.builtin import open_index
+
+    progress = _progress(ctx)
+    try:
+        return open_index(directory, progress=progress)
+    finally:
+        progress.close()
+
+
 class LatentGroup(click.Group):
     """Turns library errors into one line on stderr and exit code 1."""
 
@@ -139,6 +151,9 @@ class LatentGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted; every batch reported as committed is kept.", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # `latent ... | head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except Exception as e:  # a bug: say so briefly, traceback on --debug
             if ctx.params.get("debug"):
                 raise
@@ -242,23 +257,36 @@ def add(ctx, directory: Path, inputs, fmt, text_field, key_field, batch_size, en
 
 @cli.command("search")
 @index_dir
-@click.argument("query")
+@click.argument("query", required=False)
+@click.option("--expr", metavar="EXPR",
+              help="A vector expression instead of QUERY: keys, quoted texts and image files with + - and "
+                   "weights, e.g. 'king - man + woman' or '0.5*\"a red car\" + photo.jpg'.")
+@click.option("--include-terms", is_flag=True, help="With --expr: keep the keys it names among the hits.")
 @k_option
 @where_option
 @json_option
-def search_cmd(directory: Path, query: str, k: int, where: str | None, as_json: bool):
-    """Search DIRECTORY for the items nearest to QUERY (encoded by the index's encoder).
+@click.pass_context
+def search_cmd(ctx, directory: Path, query: str | None, expr: str | None, include_terms: bool, k: int,
+               where: str | None, as_json: bool):
+    """Search DIRECTORY for the items nearest to QUERY (encoded by the index's encoder), or
+    to a vector expression (--expr). DIRECTORY may be a built-in index: @words, @sentences, @photos.
 
     \b
     Example:
         latent search notes "a dog on the beach" -k 5 --where "topic=animals"
+        latent search @words --expr "king - man + woman" -k 3
     """
-    from indexer import Index
     from search import search
+    from search.explore import search_expression
 
-    with Index.open(directory) as index:
-        hits = search(index, query, k=k, where=where)
-    echo_hits(hits, as_json, query=query)
+    if (query is None) == (expr is None):
+        raise click.UsageError("give a QUERY or --expr, not both")
+    with _open(ctx, directory) as index:
+        if expr is not None:
+            hits = search_expression(index, expr, k=k, where=where, include_terms=include_terms)
+        else:
+            hits = search(index, query, k=k, where=where)
+    echo_hits(hits, as_json, **({"query": query} if query is not None else {"expr": expr}))
 
 
 @cli.command()
@@ -282,7 +310,6 @@ def similar(directory: Path, key: str | None, vector_file: str | None, image_fil
     """
     import numpy as np
 
-    from indexer import Index
     from search import similar as find_similar
 
     if sum(x is not None for x in (key, vector_file, image_file)) != 1:
@@ -293,7 +320,7 @@ def similar(directory: Path, key: str | None, vector_file: str | None, image_fil
             vector = np.load(vector_file, allow_pickle=False)
         except (ValueError, OSError) as e:
             raise LatentError(f"cannot read {vector_file} as a .npy array ({e})") from e
-    with Index.open(directory) as index:
+    with _open(click.get_current_context(), directory) as index:
         hits = find_similar(index, key=key, vector=vector, image=image_file, k=k, where=where)
     echo_hits(hits, as_json)
 
@@ -328,9 +355,8 @@ def info(directory: Path, as_json: bool):
     Example:
         latent info notes --json
     """
-    from indexer import Index
 
-    with Index.open(directory) as index:
+    with _open(click.get_current_context(), directory) as index:
         facts = index.info()
     if as_json:
         click.echo(json.dumps(facts, indent=2))
@@ -412,6 +438,79 @@ def words(ctx, word: str, k: int, as_json: bool):
     finally:
         progress.close()
     echo_hits(hits, as_json, word=word)
+
+
+@cli.command()
+@index_dir
+@click.argument("a")
+@click.argument("b")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(2, 1000),
+              help="Points on the path, both ends included.")
+@click.option("--slerp/--lerp", "spherical", default=True, show_default=True,
+              help="Walk on the great circle between the unit vectors, or on the straight line.")
+@click.option("--exclude-endpoints", is_flag=True, help="Leave the two ends out of the path.")
+@where_option
+@json_option
+@click.pass_context
+def interpolate(ctx, directory: Path, a: str, b: str, steps: int, spherical: bool, exclude_endpoints: bool,
+                where: str | None, as_json: bool):
+    """Walk from A to B through DIRECTORY's latent space: the nearest item at each step.
+
+    A and B are keys, texts (for text encoders) or image files. Between the ends, A and B
+    themselves are skipped so the path shows what lies between them; repeats are folded.
+
+    \b
+    Example:
+        latent interpolate @words france germany --steps 12
+        latent interpolate photos cat.jpg dog.jpg --json
+    """
+    from search.explore import interpolate as walk
+
+    with _open(ctx, directory) as index:
+        path = walk(index, a, b, steps=steps, method="slerp" if spherical else "lerp",
+                    exclude_endpoints=exclude_endpoints, where=where)
+    if as_json:
+        click.echo(json.dumps({"a": a, "b": b, "steps": steps, "method": "slerp" if spherical else "lerp",
+                               "path": [s.as_dict() for s in path]}, ensure_ascii=False, indent=2))
+        return
+    rows = [{"steps": f"{s.first}" if s.first == s.last else f"{s.first}-{s.last}", "t": f"{s.t:.2f}",
+             "score": f"{s.score:.4f}", "key": s.key, "text": s.text or "", "label": _label(s.metadata)}
+            for s in path]
+    columns = ["steps", "t", "score", "key"]
+    if any(s.text and s.text != s.key for s in path):
+        columns.append("text")
+    if any(s.kind == "image" for s in path):
+        columns.append("label")
+    click.echo(render_table(rows, columns) if rows else "(no items)")
+    click.echo(" -> ".join(s.key for s in path))
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.argument("c")
+@k_option
+@click.option("--method", type=click.Choice(["add", "mul"]), default="add", show_default=True,
+              help="3CosAdd or 3CosMul (Levy & Goldberg 2014).")
+@click.option("--include-inputs", is_flag=True, help="Rank A, B and C too, where their scores put them.")
+@click.option("--index", "directory", default="@words", show_default=True,
+              help="The index to use: a directory or a built-in index.")
+@json_option
+@click.pass_context
+def analogy(ctx, a: str, b: str, c: str, k: int, method: str, include_inputs: bool, directory: str,
+            as_json: bool):
+    """A is to B as C is to ?  (on the GloVe words by default)
+
+    \b
+    Example:
+        latent analogy man king woman
+        latent analogy paris france rome --method mul -k 3
+    """
+    from search.explore import analogy as solve
+
+    with _open(ctx, Path(directory)) as index:
+        hits = solve(index, a, b, c, k=k, method=method, include_inputs=include_inputs)
+    echo_hits(hits, as_json, analogy=[a, b, c], method=method)
 
 
 @cli.command()

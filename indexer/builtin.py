@@ -112,3 +112,19 @@ def image_index(*, progress: Progress = _no_progress) -> Index:
     directory = cache_dir() / "demo-images"
     return _ensure(directory, "conse", lambda: read_images([str(photos)]),
                    len(DEMO_PHOTOS) + 2 + DEMO_FACES, progress, 16)
+
+
+BUILTIN = {"@words": word_index, "@sentences": sentence_index, "@photos": image_index}
+
+
+def open_index(directory: str | Path, *, progress: Progress = _no_progress) -> Index:
+    """Open an index directory, or a built-in index by name (@words, @sentences, @photos),
+    built in the cache directory on first use."""
+    name = str(directory)
+    if name.startswith("@"):
+        if name not in BUILTIN:
+            from .errors import IndexNotFound
+
+            raise IndexNotFound(f"no built-in index {name!r}; built-in indexes: {', '.join(BUILTIN)}")
+        return BUILTIN[name](progress=progress)
+    return Index.open(directory)
