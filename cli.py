@@ -355,7 +355,6 @@ def info(directory: Path, as_json: bool):
     Example:
         latent info notes --json
     """
-
     with _open(click.get_current_context(), directory) as index:
         facts = index.info()
     if as_json:
