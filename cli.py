@@ -417,6 +417,85 @@ def rebuild(ctx, directory: Path):
                f"generation {facts['generation']} in {time.perf_counter() - started:.1f}s")
 
 
+@cli.command("map")
+@index_dir
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write: NAME.png, or NAME.html for the interactive page. "
+                   "[default: map.png, or map.html with --html]")
+@click.option("--method", type=click.Choice(["pca", "tsne", "umap"], case_sensitive=False), default="pca",
+              show_default=True,
+              help="pca: fast, linear, axes mean something; tsne: neighbourhoods and clusters (slower); "
+                   "umap: like tsne, needs `pip install umap-learn`.")
+@click.option("--color-by", "color_by", metavar="FIELD",
+              help="Metadata field to colour by (a.b for nested fields): a legend for text values "
+                   "(20 named, the rest 'other'), a colour scale for numbers.")
+@click.option("--labels", type=click.IntRange(0, 500), default=20, show_default=True,
+              help="PNG: how many spread-out points to label (their text or key; images get a thumbnail).")
+@click.option("--sample", type=click.IntRange(3, 1_000_000), default=5000, show_default=True,
+              help="Map at most this many items: a uniform random sample (see --seed) when more match.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and of t-SNE/UMAP.")
+@click.option("--html", "as_html", is_flag=True,
+              help="Write the interactive HTML page (pan, zoom, hover); same as giving -o NAME.html.")
+@click.option("--title", help="Title of the picture (default: the index name and the method).")
+@where_option
+@json_option
+@click.pass_context
+def map_cmd(ctx, directory: Path, output: Path | None, method: str, color_by: str | None, labels: int, sample: int,
+            seed: int, as_html: bool, title: str | None, where: str | None, as_json: bool):
+    """Draw a 2-D map of the items of DIRECTORY (PCA, t-SNE or UMAP of their vectors).
+
+    Writes a PNG (points coloured by --color-by, spread-out labels, thumbnails for
+    images) or, with an .html output, one self-contained page that works offline:
+    drag to pan, wheel to zoom, hover for an item, click the legend to single out a class.
+
+    \b
+    Example:
+        latent map notes -o notes.png --method tsne --color-by topic
+        latent map photos --html --method tsne --color-by label
+        latent map @words -o words.png --sample 3000 --labels 40
+    """
+    from search.maps import compute_map, render_html, render_png
+
+    if output is None:
+        output = Path("map.html" if as_html else "map.png")
+    suffix = output.suffix.lower()
+    if suffix not in (".png", ".html", ".htm"):
+        raise click.UsageError(f"-o {output}: give a file name ending in .png, or .html for the interactive page")
+    if as_html and suffix == ".png":
+        raise click.UsageError(f"--html writes an HTML page; give -o a name ending in .html, not {output}")
+    html_out = suffix in (".html", ".htm")
+    started = time.perf_counter()
+    with _open(ctx, directory) as index:
+        the_map = compute_map(index, method=method.lower(), sample=sample, seed=seed, where=where)
+    if html_out:
+        rendered = render_html(the_map, output, color_by=color_by, title=title)
+    else:
+        rendered = render_png(the_map, output, color_by=color_by, labels=labels, title=title)
+    elapsed = time.perf_counter() - started
+    if as_json:
+        click.echo(json.dumps({
+            "path": str(rendered.path), "format": "html" if html_out else "png", "method": the_map.method,
+            "points": rendered.points, "total": the_map.total, "seed": seed, "color_by": color_by,
+            "legend": rendered.legend, "labels": rendered.labels, "thumbnails": rendered.thumbnails,
+            "explained_variance": the_map.explained_variance, "bytes": rendered.bytes,
+            "map_seconds": round(the_map.seconds, 3), "seconds": round(elapsed, 3)}, ensure_ascii=False, indent=2))
+        return
+    name = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}[the_map.method]
+    shown = f"{rendered.points:,} items" if rendered.points == the_map.total else \
+        f"{rendered.points:,} of {the_map.total:,} items (sample, seed {seed})"
+    details = [f"coloured by {color_by}" if color_by else ""]
+    if not html_out:
+        details.append(f"{len(rendered.labels)} labels" + (f", {len(rendered.thumbnails)} thumbnails"
+                                                            if rendered.thumbnails else ""))
+    elif rendered.thumbnails:
+        details.append(f"{len(rendered.thumbnails)} thumbnails")
+    if the_map.explained_variance:
+        details.append(f"PC1+PC2 explain {sum(the_map.explained_variance):.0%} of the variance")
+    extra = "; ".join(d for d in details if d)
+    click.echo(f"Wrote {output} ({rendered.bytes / 1024:,.0f} KiB): {name} map of {shown}"
+               f"{'; ' + extra if extra else ''} in {elapsed:.1f}s")
+
+
 @cli.command()
 @click.argument("word")
 @k_option
