@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from . import vector_index as vx
-from .encoders import Encoder, get_encoder
+from .encoders import Encoder, canonical_name, get_encoder
 from .errors import EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary
 from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock
@@ -140,7 +140,7 @@ class Index:
 
     def check_encoder(self, encoder: Encoder | str) -> None:
         """Raise EncoderMismatch unless `encoder` is the one this index was built with."""
-        name = encoder if isinstance(encoder, str) else encoder.name
+        name = canonical_name(encoder) if isinstance(encoder, str) else encoder.name
         if name != self.encoder_name:
             raise EncoderMismatch(
                 f"{self.directory} was built with encoder {self.encoder_name!r} ({self.dim}-d), not {name!r}; "

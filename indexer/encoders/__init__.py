@@ -3,6 +3,7 @@ sentence-transformers) are imported only when an encoder that needs them loads."
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from ..errors import EncoderUnavailable
@@ -54,11 +55,23 @@ def list_encoders() -> dict[str, str]:
     out["st:<name-or-path>"] = "any sentence-transformers model: a local folder, or a hub name (needs a network)"
     out["clip:<arch>/<pretrained>"] = ("open_clip, texts and images: a pretrained tag (needs a network or the "
                                        "hub cache) or a local checkpoint file")
+    out["vae:<model file>"] = "the latent means of a VAE trained with `latent vae train` (images)"
     return out
+
+
+def canonical_name(name: str) -> str:
+    """The name an encoder is recorded under: file-based names use absolute paths."""
+    if name.startswith("vae:") and len(name) > 4:
+        return "vae:" + os.path.abspath(os.path.expanduser(name[4:]))
+    return name
 
 
 def get_encoder(name: str) -> Encoder:
     """Return the encoder called `name`, loading it once per process."""
+    if name.startswith("vae:") and len(name) > 4:  # cached by the loader, which sees a retrained file
+        from ..generative import load_vae_encoder
+
+        return load_vae_encoder(canonical_name(name)[4:])
     if name in _LOADED:
         return _LOADED[name]
     if name.startswith("st:") and len(name) > 3:
@@ -78,4 +91,4 @@ def get_encoder(name: str) -> Encoder:
     return encoder
 
 
-__all__ = ["Encoder", "normalize", "get_encoder", "list_encoders", "register"]
+__all__ = ["Encoder", "normalize", "get_encoder", "list_encoders", "register", "canonical_name"]
