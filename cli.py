@@ -595,9 +595,9 @@ def analogy(ctx, a: str, b: str, c: str, k: int, method: str, include_inputs: bo
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 50), help="Neighbours per query.")
 @click.pass_context
 def demo(ctx, k: int):
-    """Nearest neighbours of a few words and sentences on the bundled models (no network).
+    """Nearest neighbours of a few words, sentences and photos on the bundled models (no network).
 
-    The first run builds the cached indexes (all GloVe words, the demo sentences);
+    The first run builds the cached indexes (all GloVe words, the demo sentences, the photos);
     later runs reuse them.
 
     \b

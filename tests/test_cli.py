@@ -155,8 +155,12 @@ def test_lines_and_stdin(run, tmp_path):
 
 
 def test_help_texts_have_examples(run):
-    for command in ["create", "add", "search", "similar", "delete", "info", "check", "rebuild", "words", "demo"]:
-        result = run(command, "--help")
+    commands = [[c] for c in ["create", "add", "search", "similar", "delete", "info", "check", "rebuild", "words",
+                              "demo", "encoders", "analogy", "interpolate", "map"]]
+    commands += [["vae", c] for c in ("train", "encode", "interpolate", "sample")]
+    commands += [["gan", c] for c in ("train", "sample", "interpolate", "direction")]
+    for command in commands:
+        result = run(*command, "--help")
         assert result.exit_code == 0 and "Example:" in result.output, command
 
 
