@@ -35,9 +35,10 @@ def resolve(index: Index, term: str | Term, *, allow_text: bool = True) -> tuple
     """The vector of a term: a key of the index, an image file, or (if allowed) a text to encode."""
     if isinstance(term, Term):
         return _vector_of(index, term), term
-    key = _lookup_key(index, term)
-    if key is not None:
-        return _vector_of(index, Term("key", key)), Term("key", key)
+    for key in dict.fromkeys([term, term.lower()]):  # as given, or lower-cased for word indexes (GloVe)
+        vector = index.store.vector_of_key(key, index.dim)
+        if vector is not None:
+            return vector, Term("key", key)
     path = Path(term).expanduser()
     if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
         return _vector_of(index, Term("image", str(path))), Term("image", str(path))
@@ -45,14 +46,6 @@ def resolve(index: Index, term: str | Term, *, allow_text: bool = True) -> tuple
         return _vector_of(index, Term("text", term)), Term("text", term)
     raise ExpressionError(f"{term!r} is not a key of {index.directory} nor an image file"
                           + ("; quote it to use it as text" if not allow_text else ""))
-
-
-def _lookup_key(index: Index, term: str) -> str | None:
-    """The key a term names: as given, or lower-cased for word indexes (GloVe is lower-case)."""
-    for candidate in dict.fromkeys([term, term.lower()]):
-        if index.store.vector_of_key(candidate, index.dim) is not None:
-            return candidate
-    return None
 
 
 def _vector_of(index: Index, term: Term) -> np.ndarray:
