@@ -108,3 +108,12 @@ class TrainedModel:
     @property
     def latent_dim(self) -> int:
         return int(self.config["latent_dim"])
+
+    def latent_batch(self, z, what: str, error: type[Exception]) -> np.ndarray:
+        """z as float32 (n, latent_dim); one vector becomes a batch of one; else `error`."""
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim == 1:
+            z = z[None]
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise error(f"this {what} {self.latent_dim}-d latent vectors, got shape {z.shape}")
+        return z

@@ -92,11 +92,7 @@ class GANModel(TrainedModel):
 
     def generate_raw(self, z: np.ndarray) -> np.ndarray:
         """The generator's own output for z: (n, 1, s, s) in [-1, 1] (tanh)."""
-        z = np.asarray(z, dtype=np.float32)
-        if z.ndim == 1:
-            z = z[None]
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise InputError(f"this GAN generates from {self.latent_dim}-d latent vectors, got shape {z.shape}")
+        z = self.latent_batch(z, "GAN generates from", InputError)
         out = []
         with torch.inference_mode(), torch_threads():
             for start in range(0, len(z), 1024):

@@ -107,11 +107,7 @@ class VAEModel(TrainedModel):
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Images (n, s, s) in [0, 1] (pixel probabilities) of latent vectors (n, latent_dim)."""
-        z = np.asarray(z, dtype=np.float32)
-        if z.ndim == 1:
-            z = z[None]
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise EncoderMismatch(f"this VAE decodes {self.latent_dim}-d latent vectors, got shape {z.shape}")
+        z = self.latent_batch(z, "VAE decodes", EncoderMismatch)
         with torch.inference_mode(), torch_threads():
             out = torch.sigmoid(self.net.decode_logits(torch.from_numpy(np.ascontiguousarray(z))))
         return out[:, 0].numpy().astype(np.float32)
