@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterable
 
 from .errors import IndexExists
 from .index import Index, Progress, _no_progress
@@ -34,10 +35,12 @@ def _open_or_create(directory: Path, encoder: str, index_type: str) -> Index:
         return Index.open(directory)
 
 
-def _ensure(directory: Path, encoder: str, records, total: int, progress: Progress, batch_size: int) -> Index:
+def _ensure(directory: Path, encoder: str, records: Callable[[], Iterable], total: Callable[[], int],
+            progress: Progress, batch_size: int) -> Index:
+    """Open (or create) a built-in index; the records are read, and counted, only to build it."""
     index = _open_or_create(directory, encoder, "auto")
     if not index.store.manifest().get("complete"):
-        index.add(records(), batch_size=batch_size, progress=progress, total=total)
+        index.add(records(), batch_size=batch_size, progress=progress, total=total())
         index.store.set_manifest(complete=True)
     return index
 
@@ -46,18 +49,11 @@ def word_index(*, progress: Progress = _no_progress) -> Index:
     """The index of all 400,000 GloVe words (keys are the words), built on first use."""
     from .encoders.glove import load_glove
 
-    directory = cache_dir() / "glove-words"
-    if (directory / "latent.db").exists():
-        index = Index.open(directory)
-        if index.store.manifest().get("complete"):
-            return index
-        index.close()
-
     def records():
         for word in load_glove()[0]:
             yield Record(text=word, key=word, kind="word", source="glove")
 
-    return _ensure(directory, "glove", records, 400_000, progress, 20_000)
+    return _ensure(cache_dir() / "glove-words", "glove", records, lambda: len(load_glove()[0]), progress, 20_000)
 
 
 def sentence_index(*, progress: Progress = _no_progress) -> Index:
@@ -65,7 +61,7 @@ def sentence_index(*, progress: Progress = _no_progress) -> Index:
     directory = cache_dir() / "demo-sentences"
     return _ensure(directory, "minilm",
                    lambda: read_inputs([str(SENTENCES)], fmt="jsonl", text_field="text", key_field="id"),
-                   sum(1 for _ in open(SENTENCES, "rb")), progress, 128)
+                   lambda: len(SENTENCES.read_bytes().splitlines()), progress, 128)
 
 
 # Real photos that ship inside scikit-image (skimage.data) and scikit-learn, no download.
@@ -108,10 +104,9 @@ def image_index(*, progress: Progress = _no_progress) -> Index:
     """A `conse` index (texts and images in one space) over the bundled photos."""
     from .images import read_images
 
-    photos = write_demo_photos(cache_dir() / "demo-photos")
-    directory = cache_dir() / "demo-images"
-    return _ensure(directory, "conse", lambda: read_images([str(photos)]),
-                   len(DEMO_PHOTOS) + 2 + DEMO_FACES, progress, 16)
+    return _ensure(cache_dir() / "demo-images", "conse",
+                   lambda: read_images([str(write_demo_photos(cache_dir() / "demo-photos"))]),
+                   lambda: len(DEMO_PHOTOS) + 2 + DEMO_FACES, progress, 16)
 
 
 BUILTIN = {"@words": word_index, "@sentences": sentence_index, "@photos": image_index}
