@@ -14,6 +14,7 @@ import numpy as np
 
 from . import vector_index as vx
 from .encoders import Encoder, canonical_name, get_encoder
+from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
 from .errors import EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary
 from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock
@@ -315,11 +316,10 @@ class Index:
         modalities = self.encoder.modalities
         if modality in modalities or (modality != "image" and {"text", "word"} & set(modalities)):
             return
-        can = "efficientnet, conse or clip:<arch>/<pretrained>" if modality == "image" else \
-            "minilm, glove, conse, st:<name> or clip:<arch>/<pretrained>"
         raise EncoderMismatch(
             f"{self.directory} uses encoder {self.encoder_name!r}, which cannot encode {modality}s "
-            f"({record.source or record.key}); create an index with --encoder {can}"
+            f"({record.source or record.key}); create an index with one of: "
+            f"{IMAGE_ENCODERS if modality == 'image' else TEXT_ENCODERS}"
         )
 
     def _resolve(self, rec: Record, report: IngestReport) -> tuple[str, dict, np.ndarray | None] | None:

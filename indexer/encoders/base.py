@@ -30,6 +30,11 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
+# Named in errors that send users to an encoder able to take their input.
+TEXT_ENCODERS = "minilm, conse, glove (single words), st:<name-or-path>, clip:<arch>/<pretrained>"
+IMAGE_ENCODERS = "efficientnet, conse, clip:<arch>/<pretrained>, vae:<model file>"
+
+
 class Encoder:
     """Maps items (texts, words, images) to vectors of one latent space.
 
@@ -49,7 +54,7 @@ class Encoder:
         """Return raw float (len(items), dim) vectors; `encode` normalises them."""
         raise EncoderMismatch(
             f"encoder {self.name!r} encodes {' and '.join(self.modalities) or 'nothing'}, not text; "
-            f"encoders that take text: {', '.join(_text_encoders())}"
+            f"encoders that take text: {TEXT_ENCODERS}"
         )
 
     def encode(self, items: Sequence[str]) -> np.ndarray:
@@ -64,7 +69,7 @@ class Encoder:
         """One RGB PIL image to a float32 model input (for example (3, 224, 224))."""
         raise EncoderMismatch(
             f"encoder {self.name!r} encodes {' and '.join(self.modalities) or 'nothing'}, not images; "
-            "encoders that take images: efficientnet, conse, clip:<arch>/<pretrained>"
+            f"encoders that take images: {IMAGE_ENCODERS}"
         )
 
     def _embed_images(self, batch: np.ndarray) -> tuple[np.ndarray, list[dict] | None]:
@@ -98,5 +103,3 @@ class Encoder:
         return f"<{type(self).__name__} {self.name} dim={self.dim}>"
 
 
-def _text_encoders() -> list[str]:
-    return ["minilm", "conse", "glove (single words)", "st:<name-or-path>", "clip:<arch>/<pretrained>"]
