@@ -5,7 +5,7 @@ two items (interpolate), vector expressions ("king - man + woman") and analogies
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -265,15 +265,19 @@ def analogy(index: Index, a: str, b: str, c: str, *, k: int = 10, method: str = 
     va, vb, vc = (normalize(v)[0] for v in vectors)
     inputs = [t.value for t in terms if t.kind == "key"]
     directions = [normalize(vb - va + vc)[0]] + ([-va] if method == "mul" else [])
-    candidates = [h for hits in search_vectors(index, np.stack(directions), k=max(pool, k + 3)) for h in hits]
-    keys = list(dict.fromkeys(h.key for h in candidates if include_inputs or h.key not in inputs))
-    if include_inputs:
-        keys += [key for key in inputs if key not in keys]
-    found = index.store.lookup(keys)
-    ids = [found[key][0] for key in keys]
-    scores = analogy_scores(method, va, vb, vc, normalize(index.store.vectors(ids, index.dim)))
+    pool_hits: dict[str, Hit] = {}
+    for hits in search_vectors(index, np.stack(directions), k=max(pool, k + 3)):
+        for hit in hits:
+            if include_inputs or hit.key not in inputs:
+                pool_hits.setdefault(hit.key, hit)
+    if include_inputs:  # the inputs are ranked even when the search did not reach them
+        missing = [key for key in inputs if key not in pool_hits]
+        ids = [i for i, _, _ in index.store.lookup(missing).values()]
+        for item_id, row in index.store.fetch(ids).items():
+            pool_hits[row["key"]] = Hit(rank=0, key=row["key"], score=0.0, metadata=row["metadata"],
+                                        text=row["text"], id=item_id, kind=row["kind"])
+    hits = list(pool_hits.values())
+    stored = normalize(index.store.vectors([h.id for h in hits], index.dim))
+    scores = analogy_scores(method, va, vb, vc, stored)
     order = np.argsort(-scores, kind="stable")[:k]
-    rows = index.store.fetch([ids[j] for j in order])
-    return [Hit(rank=r + 1, key=keys[j], score=float(scores[j]), metadata=rows[ids[j]]["metadata"],
-                text=rows[ids[j]]["text"], id=ids[j], kind=rows[ids[j]]["kind"])
-            for r, j in enumerate(order)]
+    return [replace(hits[j], rank=r + 1, score=float(scores[j])) for r, j in enumerate(order)]
