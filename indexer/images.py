@@ -59,7 +59,7 @@ def to_rgb(image) -> "Image.Image":
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def decode_image(data: bytes, name: str = "image") -> tuple["Image.Image", dict]:
+def decode_image(data: bytes) -> tuple["Image.Image", dict]:
     """Decode bytes into an RGB image (EXIF orientation applied) and {width, height, format}.
 
     Raises ImageRefused with the reason for anything that is not a usable image.
@@ -99,7 +99,7 @@ def load_image(path: str | Path) -> "Image.Image":
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return decode_image(data, str(path))[0]
+        return decode_image(data)[0]
     except ImageRefused as e:
         raise InputError(f"{path}: {e}") from None
 
@@ -113,8 +113,9 @@ class ImageRecord(Record):
     prepared: Future | None = None
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Files under root, recursively, following symlinks but never into a directory twice."""
+def _walk(root: Path) -> Iterator[Path | Skip]:
+    """Files under root, recursively, following symlinks but never into a directory twice;
+    a Skip for each directory that cannot be listed."""
     seen: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
@@ -129,7 +130,7 @@ def _walk(root: Path) -> Iterator[Path]:
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as e:
-            yield directory / f"<unreadable directory: {e.strerror}>"
+            yield Skip(str(directory), None, f"unreadable directory ({e.strerror})")
             continue
         subdirs = []
         for entry in entries:
@@ -155,10 +156,10 @@ def read_images(paths: Iterable[str]) -> Iterator[Item]:
         files = _walk(root) if root.is_dir() else iter([root])
         base = root if root.is_dir() else root.parent
         for path in files:
-            key = path.relative_to(base).as_posix()
-            if path.name.startswith("<unreadable directory"):
-                yield Skip(str(path.parent), None, path.name.strip("<>"))
+            if isinstance(path, Skip):
+                yield path
                 continue
+            key = path.relative_to(base).as_posix()
             reason = _not_an_image_file(path)
             if reason:
                 yield Skip(str(path), None, reason)
@@ -204,7 +205,7 @@ def prepare(record: ImageRecord, preprocess: Callable) -> Prepared:
         st = path.stat()
     except OSError as e:
         raise ImageRefused(f"unreadable ({e.strerror or e})") from None
-    image, info = decode_image(data, record.source)
+    image, info = decode_image(data)
     sha = hashlib.sha256(data).hexdigest()
     metadata = {"path": str(path), "bytes": len(data), **info, "mtime": round(st.st_mtime, 3), "sha256": sha}
     return Prepared(sha, np.asarray(preprocess(image), dtype=np.float32), metadata)

@@ -106,7 +106,7 @@ def load_folder(paths: Sequence[str | Path], size: int = FOLDER_SIZE, *,
             skipped.append(item)
         else:
             try:
-                image, _ = decode_image(Path(item.path).read_bytes(), item.source)
+                image, _ = decode_image(Path(item.path).read_bytes())
             except ImageRefused as e:
                 skipped.append(Skip(item.source, None, str(e)))
             except OSError as e:
