@@ -94,6 +94,16 @@ class Progress:
         if n:
             bar.update(n)
 
+    def write(self, line: str) -> None:
+        """A line on stderr (flushed at once) that does not break the bars."""
+        if self.bars:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
+        sys.stderr.flush()
+
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
@@ -211,9 +221,11 @@ def create(directory: Path, encoder: str, index_type: str):
 @click.option("--key-field", help="CSV/JSONL field holding the item key (default: a hash of the text).")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Items per batch and transaction.")
 @click.option("--encoder", "-e", help="Refuse unless the index uses this encoder.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Print a line on stderr as each batch is committed (durable: kept whatever happens next).")
 @json_option
 @click.pass_context
-def add(ctx, directory: Path, inputs, fmt, text_field, key_field, batch_size, encoder, as_json):
+def add(ctx, directory: Path, inputs, fmt, text_field, key_field, batch_size, encoder, verbose, as_json):
     """Add the items of INPUTS (files, folders of images, or - for stdin) to DIRECTORY.
 
     Existing keys are replaced (upsert); unchanged items are not re-encoded. Bad lines and
@@ -233,8 +245,12 @@ def add(ctx, directory: Path, inputs, fmt, text_field, key_field, batch_size, en
     started = time.perf_counter()
     with Index.open(directory) as index:
         try:
+            def committed(generation: int, n: int) -> None:
+                progress.write(f"committed generation {generation}: {n} items")
+
             report = index.add(read_inputs(inputs, fmt=fmt, text_field=text_field, key_field=key_field),
-                               batch_size=batch_size, encoder=encoder, progress=progress)
+                               batch_size=batch_size, encoder=encoder, progress=progress,
+                               on_commit=committed if verbose else None)
         finally:
             progress.close()
         count = index.count()
@@ -369,9 +385,11 @@ def info(directory: Path, as_json: bool):
 @index_dir
 @json_option
 def check(directory: Path, as_json: bool):
-    """Check DIRECTORY: SQLite integrity, FAISS ids == item ids, generations match. Changes nothing.
+    """Check DIRECTORY: SQLite integrity, damaged rows, the vectors file's checksum and
+    generation, FAISS ids == item ids. Changes nothing.
 
-    Exits 1 when a problem is found.
+    Exits 1 when a problem is found, naming it and what repairs it. A vectors file that is
+    only behind the store (a crash before its save) is a note: opening catches it up.
 
     \b
     Example:
@@ -383,12 +401,14 @@ def check(directory: Path, as_json: bool):
         report = index.check()
     if as_json:
         click.echo(json.dumps(report, indent=2))
-    elif report["ok"]:
-        click.echo(f"OK: {report['count']} items, generation {report['generation']}, "
-                   f"SQLite {report['sqlite_integrity']}, vector index in step with the store")
     else:
+        for note in report["notes"]:
+            click.echo(f"Note: {note}", err=True)
         for problem in report["problems"]:
             click.echo(f"Problem: {problem}", err=True)
+        if report["ok"]:
+            click.echo(f"OK: {report['count']} items, generation {report['generation']}, "
+                       f"SQLite {report['sqlite_integrity']}, vector index in step with the store")
     if not report["ok"]:
         sys.exit(1)
 
@@ -397,7 +417,8 @@ def check(directory: Path, as_json: bool):
 @index_dir
 @click.pass_context
 def rebuild(ctx, directory: Path):
-    """Rebuild the FAISS index of DIRECTORY from its store.
+    """Repair DIRECTORY from its store (SQLite, the source of truth): re-encode damaged
+    vectors from their text, keep unreadable metadata as text, and rebuild the FAISS index.
 
     \b
     Example:
@@ -409,10 +430,12 @@ def rebuild(ctx, directory: Path):
     started = time.perf_counter()
     with Index.open(directory) as index:
         try:
-            index.rebuild(progress=progress)
+            repaired = index.rebuild(progress=progress)
         finally:
             progress.close()
         facts = index.info()
+    for line in repaired:
+        click.echo(f"Repaired: {line}")
     click.echo(f"Rebuilt {directory}: {facts['count']} items, {facts['faiss_factory']}, "
                f"generation {facts['generation']} in {time.perf_counter() - started:.1f}s")
 

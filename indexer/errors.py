@@ -49,3 +49,7 @@ class InputError(LatentError):
 
 class IndexCorrupt(LatentError):
     """The vector index file cannot be used; the store can rebuild it."""
+
+
+class StorageError(LatentError):
+    """Writing the index to disk failed (disk full, I/O error); what was committed is kept."""

@@ -5,7 +5,9 @@ derived) and the writer lock. Opening catches a stale vector index up with the s
 from __future__ import annotations
 
 import json
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -15,14 +17,16 @@ import numpy as np
 from . import vector_index as vx
 from .encoders import Encoder, canonical_name, get_encoder
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
-from .errors import EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary
+from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary,
+                     StorageError)
 from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock
 from .readers import Item, Record, Skip, content_hash
 from .store import DB_NAME, Store
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, advanced by, total or None)
-SAVE_EVERY_S = 60.0
+OnCommit = Callable[[int, int], None]  # (generation, items in the batch), once the batch is durable
+SAVE_EVERY_S = float(os.environ.get("LATENT_SAVE_EVERY_S", 60))  # how often a long add saves vectors.faiss
 
 
 @dataclass
@@ -203,6 +207,8 @@ class Index:
                         self._catch_up(vindex)
                     self._vectors = vindex
                     self._save_vectors()
+                except StorageError as e:  # the repair works in memory; saving it is only a speed-up
+                    self.recovered += f"; could not save the repair: {e}"
                 finally:
                     if not held:
                         self._lock.release()
@@ -238,15 +244,25 @@ class Index:
         return vindex
 
     def _save_vectors(self) -> None:
-        crc = self._vectors.save(self.directory, self._vectors.generation)
+        try:
+            crc = self._vectors.save(self.directory, self._vectors.generation)
+        except OSError as e:
+            raise StorageError(
+                f"could not write {self.directory / vx.FILE_NAME} ({e.strerror or e}); the previous file is left as "
+                "it was and everything committed to latent.db is kept: the vector index is brought up to date "
+                "from latent.db when the index is next opened, or by `latent rebuild` once there is room") from e
         self.store.set_manifest(vectors_generation=self._vectors.generation, vectors_crc32=crc,
                                 vectors_factory=self._vectors.factory)
 
     # -- writes ---------------------------------------------------------------------------------
     def _begin_write(self) -> None:
         self._lock.acquire()
-        self.manifest = self.store.manifest()
-        _ = self.vectors  # load and catch up under the lock
+        try:
+            self.manifest = self.store.manifest()
+            _ = self.vectors  # load and catch up under the lock
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _end_write(self, progress: Progress = _no_progress) -> None:
         try:
@@ -261,12 +277,15 @@ class Index:
             self._lock.release()
 
     def add(self, items: Iterable[Item], *, batch_size: int | None = None, encoder: str | None = None,
-            progress: Progress = _no_progress, total: int | None = None) -> IngestReport:
+            progress: Progress = _no_progress, total: int | None = None,
+            on_commit: OnCommit | None = None) -> IngestReport:
         """Add or update Records (upsert by key), skipping unchanged ones; Skips are reported.
 
-        Each batch is one store transaction; the vector index follows in memory and is
-        saved at the end (and every minute on long runs). Images are read, hashed, decoded
-        and preprocessed in worker threads ahead of the model.
+        Each batch is one store transaction, durable once `on_commit(generation, items)` is
+        called; the vector index follows in memory and is saved at the end (and every
+        SAVE_EVERY_S seconds on long runs). Images are read, hashed, decoded and preprocessed
+        in worker threads ahead of the model. When a batch fails (a full disk), the batches
+        committed before it are kept and the error says how many there were.
         """
         if encoder is not None:
             self.check_encoder(encoder)
@@ -277,39 +296,71 @@ class Index:
         if "image" in enc.modalities:
             items = prefetch(items, enc.preprocess, ahead=2 * batch_size)
         report = IngestReport()
+        with self._writing(report, progress):
+            try:
+                self._add_items(items, report, batch_size, progress, total, on_commit)
+            except StorageError as e:
+                if not report.committed:
+                    raise
+                raise StorageError(f"{e} ({len(report.committed)} earlier batches of this run, "
+                                   f"{sum(n for _, n in report.committed)} items, are committed and kept)") from e
+        return report
+
+    def _add_items(self, items: Iterable[Item], report: IngestReport, batch_size: int, progress: Progress,
+                   total: int | None, on_commit: OnCommit | None) -> None:
+        last_save = time.monotonic()
+        progress("add", 0, total)
+        batch: list[Record] = []
+
+        def flush() -> None:
+            before = len(report.committed)
+            self._add_batch(batch, report)
+            if on_commit is not None and len(report.committed) > before:
+                on_commit(*report.committed[-1])
+            progress("add", len(batch), total)
+
+        for item in items:
+            if isinstance(item, Skip):
+                report.skipped.append(item)
+                progress("add", 1, total)
+                continue
+            self._check_modality(item)
+            if item.kind != "image" and (not item.text or not item.text.strip()):
+                report.skipped.append(Skip(item.source, item.line, "empty text"))
+                progress("add", 1, total)
+                continue
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush()
+                batch = []
+                if time.monotonic() - last_save > SAVE_EVERY_S:
+                    self._save_vectors()
+                    last_save = time.monotonic()
+        if batch:
+            flush()
+
+    @contextmanager
+    def _writing(self, report: IngestReport | None = None, progress: Progress = _no_progress) -> Iterator[None]:
+        """Hold the write lock around a write; afterwards record skips and save the vector index.
+        When the write itself failed, a second failure while finishing must not hide the first
+        (whatever is left, the next open repairs)."""
         self._begin_write()
+        failed = False
         try:
-            last_save = time.monotonic()
-            progress("add", 0, total)
-            batch: list[Record] = []
-            for item in items:
-                if isinstance(item, Skip):
-                    report.skipped.append(item)
-                    progress("add", 1, total)
-                    continue
-                self._check_modality(item)
-                if item.kind != "image" and (not item.text or not item.text.strip()):
-                    report.skipped.append(Skip(item.source, item.line, "empty text"))
-                    progress("add", 1, total)
-                    continue
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    self._add_batch(batch, report)
-                    progress("add", len(batch), total)
-                    batch = []
-                    if time.monotonic() - last_save > SAVE_EVERY_S:
-                        self._save_vectors()
-                        last_save = time.monotonic()
-            if batch:
-                self._add_batch(batch, report)
-                progress("add", len(batch), total)
+            yield
+        except BaseException:
+            failed = True
+            raise
         finally:
             try:
-                if report.skipped:
-                    self.store.record_skips((s.source, s.line, s.reason) for s in report.skipped)
-            finally:
-                self._end_write(progress)
-        return report
+                try:
+                    if report is not None and report.skipped:
+                        self.store.record_skips((s.source, s.line, s.reason) for s in report.skipped)
+                finally:
+                    self._end_write(progress)
+            except (StorageError, OSError):
+                if not failed:
+                    raise
 
     def _check_modality(self, record: Record) -> None:
         modality = "image" if record.kind == "image" else ("word" if record.kind == "word" else "text")
@@ -429,14 +480,26 @@ class Index:
         """Add precomputed vectors (normalised here) under keys; an existing key is replaced."""
         from .encoders import normalize
 
+        keys = list(keys)
         vectors = normalize(self.check_vectors(vectors))
         if len(keys) != len(vectors):
             raise InputError(f"{len(keys)} keys for {len(vectors)} vectors")
+        bad = [k for k in keys if not isinstance(k, str) or not k]
+        if bad:
+            raise InputError(f"keys must be non-empty strings, got {bad[0]!r}")
+        if len(set(keys)) != len(keys):
+            seen: set[str] = set()
+            twice = next(k for k in keys if k in seen or seen.add(k))
+            raise InputError(f"key {twice!r} is given twice; each key names one item")
+        zero = [k for k, v in zip(keys, vectors) if not v.any()]
+        if zero:
+            raise InputError(f"the vector of {zero[0]!r} is all zeros: it has no direction to search by")
         metadata = list(metadata) if metadata is not None else [{} for _ in keys]
         texts = list(texts) if texts is not None else [None] * len(keys)
+        if len(metadata) != len(keys) or len(texts) != len(keys):
+            raise InputError(f"{len(keys)} keys, {len(metadata)} metadata and {len(texts)} texts: give one each")
         report = IngestReport()
-        self._begin_write()
-        try:
+        with self._writing():
             existing = self.store.lookup(list(keys))
             rows = [{"key": k, "kind": "vector", "text": t, "path": None,
                      "content_hash": content_hash(v.tobytes().hex()),
@@ -449,27 +512,76 @@ class Index:
             self._vectors.generation = generation
             report.added, report.replaced = len(rows) - len(replace_ids), len(replace_ids)
             report.committed.append((generation, len(rows)))
-        finally:
-            self._end_write()
         return report
 
     def delete(self, keys: Sequence[str]) -> tuple[int, list[str]]:
         """Delete items by key. Returns (number deleted, keys that were not in the index)."""
-        self._begin_write()
-        try:
+        with self._writing():
             generation, ids, missing = self.store.delete_keys(list(keys))
             self._vectors.remove(ids)
             self._vectors.generation = generation
-        finally:
-            self._end_write()
         return len(ids), missing
 
-    def rebuild(self, *, progress: Progress = _no_progress) -> None:
-        """Rebuild the vector index from the store and save it."""
+    def rebuild(self, *, progress: Progress = _no_progress) -> list[str]:
+        """Repair what the store can repair and rebuild the vector index from it; save it.
+
+        Damaged rows are repaired first: a damaged or non-finite vector is re-encoded from the
+        item's text (IndexCorrupt names the items that have none, for `latent delete`),
+        unreadable metadata is kept as text under `_damaged_metadata`, and a row from a
+        generation the store does not know is moved to the current one. Returns what was repaired.
+        """
         with self._lock:
             self.manifest = self.store.manifest()
+            repaired = self._repair_rows()
             self._vectors = self._build_vectors(progress)
             self._save_vectors()
+        return repaired
+
+    def _bad_vector_rows(self) -> list[tuple[int, str, str | None]]:
+        """(id, key, text) of rows whose vector is damaged: wrong length, non-finite or zero."""
+        damaged = self.store.damaged_rows(self.dim)
+        bad = {row[0]: row for row in damaged["vector"]}
+        if not bad:
+            for ids, vectors in self.store.iter_vectors(self.dim):
+                norms = np.linalg.norm(vectors, axis=1)
+                for i in ids[~np.isfinite(norms) | (norms == 0)]:
+                    bad[int(i)] = None
+        unknown = [i for i, row in bad.items() if row is None]
+        if unknown:
+            rows = self.store.db.execute(
+                "SELECT id, key, text FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                [json.dumps(unknown)]).fetchall()
+            bad.update({r[0]: tuple(r) for r in rows})
+        return sorted(bad.values())
+
+    def _repair_rows(self) -> list[str]:
+        repaired: list[str] = []
+        bad = self._bad_vector_rows()
+        if bad:
+            lost = [key for _, key, text in bad if not text]
+            if lost:
+                raise IndexCorrupt(
+                    f"{len(lost)} item(s) have damaged vectors and no text to re-encode them from "
+                    f"({_keys(lost)}); remove them with `latent delete {self.directory} KEY...` and add them again")
+            vectors = self.encoder.encode([text for _, _, text in bad])
+            self.store.set_vectors([i for i, _, _ in bad], vectors)
+            repaired.append(f"re-encoded {len(bad)} damaged vector(s) from their text ({_keys([k for _, k, _ in bad])})")
+        damaged = self.store.damaged_rows(self.dim)
+        if damaged["metadata"]:
+            ids = [i for i, _, _ in damaged["metadata"]]
+            with self.store.transaction("the metadata repair"):
+                self.store.db.execute(
+                    "UPDATE items SET metadata = json_object('_damaged_metadata', metadata) "
+                    "WHERE id IN (SELECT value FROM json_each(?))", [json.dumps(ids)])
+            repaired.append(f"kept the unreadable metadata of {len(ids)} item(s) as text under _damaged_metadata "
+                            f"({_keys([k for _, k, _ in damaged['metadata']])})")
+        if damaged["generation"]:
+            ids = [i for i, _, _ in damaged["generation"]]
+            with self.store.transaction("the generation repair"):
+                self.store.db.execute("UPDATE items SET generation = ? WHERE id IN (SELECT value FROM json_each(?))",
+                                      [self.store.generation(), json.dumps(ids)])
+            repaired.append(f"moved {len(ids)} item(s) from an unknown future generation to the current one")
+        return repaired
 
     # -- inspection -----------------------------------------------------------------------------
     def info(self) -> dict:
@@ -493,30 +605,60 @@ class Index:
         }
 
     def check(self) -> dict:
-        """Integrity report; changes nothing. `ok` is False when any problem was found."""
+        """Integrity report; changes nothing. `ok` is False when any problem was found.
+
+        Problems are damage: SQLite's integrity check, damaged rows, a vectors file that is
+        corrupt, newer than the store or older than the last one written, or whose ids differ
+        from the store's. A vectors file that is merely behind the store (a crash before its
+        save) is a note, not a problem: opening the index catches it up, as this check does
+        in memory before comparing ids.
+        """
         problems: list[str] = []
+        notes: list[str] = []
         integrity = self.store.integrity_check()
         if integrity != ["ok"]:
-            problems.append("SQLite integrity_check: " + "; ".join(integrity[:5]))
+            problems.append("SQLite integrity_check: " + "; ".join(integrity[:5]) +
+                            " (latent.db is the source of truth: restore it from a backup)")
         with self.store.snapshot():
             generation = self.store.generation()
             live = self.store.ids()
+            damaged = self.store.damaged_rows(self.dim)
+            bad_vectors = self._bad_vector_rows()
         recorded = self.store.manifest().get("vectors_generation")
         facts = {"count": int(len(live)), "generation": generation}
+        if bad_vectors:
+            problems.append(f"{len(bad_vectors)} item(s) have damaged, non-finite or zero vectors "
+                            f"({_keys([k for _, k, _ in bad_vectors])}); `latent rebuild` re-encodes them from their text")
+        if damaged["metadata"]:
+            problems.append(f"{len(damaged['metadata'])} item(s) have metadata that is not a JSON object "
+                            f"({_keys([k for _, k, _ in damaged['metadata']])}); `latent rebuild` keeps it as text")
+        if damaged["generation"]:
+            problems.append(f"{len(damaged['generation'])} item(s) carry a generation newer than the store's "
+                            f"{generation}; `latent rebuild` repairs them")
         try:
             vindex = vx.VectorIndex.load(self.directory, params=self.params)
         except IndexCorrupt as e:
-            problems.append(str(e))
+            problems.append(f"{e} (opening the index also rebuilds it)")
         else:
             facts["vectors_generation"] = vindex.generation
             if vindex.dim != self.dim:
                 problems.append(f"{vx.FILE_NAME} holds {vindex.dim}-d vectors, the store {self.dim}-d; "
                                 "run `latent rebuild`")
-            elif vindex.generation != generation:
-                problems.append(
-                    f"{vx.FILE_NAME} is stale: it reflects generation {vindex.generation}, the store is at "
-                    f"{generation} (opening the index catches it up; `latent rebuild` rewrites it)")
+            elif vindex.generation > generation:
+                problems.append(f"{vx.FILE_NAME} reflects generation {vindex.generation}, newer than the store's "
+                                f"{generation}: the store lost commits (a deleted -wal file?); opening the index "
+                                "rebuilds the vector index from what the store holds")
             else:
+                if recorded is not None and vindex.generation < recorded:
+                    problems.append(f"{vx.FILE_NAME} is older (generation {vindex.generation}) than the last one "
+                                    f"written ({recorded}): it was replaced by an older copy; opening the index "
+                                    "catches it up")
+                elif vindex.generation < generation:
+                    notes.append(f"{vx.FILE_NAME} is behind the store (generation {vindex.generation} of "
+                                 f"{generation}), as after a crash before its save; opening the index catches it "
+                                 "up, and this check did so in memory")
+                if vindex.generation < generation and not damaged["vector"]:
+                    self._catch_up(vindex)
                 in_faiss = vindex.ids()
                 missing = np.setdiff1d(live, in_faiss)
                 extra = np.setdiff1d(in_faiss, live)
@@ -525,8 +667,10 @@ class Index:
                                     f"{len(extra)} unknown ids; run `latent rebuild`")
                 if len(in_faiss) != len(np.unique(in_faiss)):
                     problems.append(f"{vx.FILE_NAME} holds duplicate ids; run `latent rebuild`")
-            if recorded is not None and vindex.generation < recorded:
-                problems.append(f"{vx.FILE_NAME} is older (generation {vindex.generation}) than the last one "
-                                f"written ({recorded}): it was replaced by an older copy")
-        return {"ok": not problems, "problems": problems, "sqlite_integrity": integrity[0] if integrity else "",
-                **facts}
+        return {"ok": not problems, "problems": problems, "notes": notes,
+                "sqlite_integrity": integrity[0] if integrity else "", **facts}
+
+
+def _keys(keys: Sequence[str], shown: int = 5) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(repr(k) for k in keys[:shown]) + more

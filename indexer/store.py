@@ -17,6 +17,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import sqlite_utils
 
+from . import failpoints
+from .errors import IndexCorrupt, StorageError
+
 DB_NAME = "latent.db"
 FORMAT_VERSION = 1
 _CHUNK = 50_000  # ids per `IN (json_each(?))` query
@@ -96,8 +99,15 @@ class Store:
     @classmethod
     def open(cls, directory: Path) -> "Store":
         path = Path(directory) / DB_NAME
-        store = cls(_connect(path), path)
-        store.migrate()
+        try:
+            store = cls(_connect(path), path)
+            store.migrate()
+            store.manifest()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" not in str(e):
+                raise StorageError(f"cannot open {path} ({e})") from e
+            raise IndexCorrupt(f"{path} is not a readable latent store ({e}); it is the source of truth, "
+                               "so restore it from a backup") from e
         return store
 
     def migrate(self) -> None:
@@ -109,6 +119,20 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextmanager
+    def transaction(self, what: str) -> Iterator[None]:
+        """One write transaction. A failure to write (a full disk, an I/O error) rolls it back
+        and raises StorageError saying so; after the commit, the `commit` failpoint."""
+        try:
+            with self.db.atomic():
+                yield
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"could not write {self.path} ({e}); {what} was rolled back, "
+                               "nothing of it is stored") from e
+        failpoints.hit("commit")
 
     @contextmanager
     def snapshot(self) -> Iterator["Store"]:
@@ -134,7 +158,7 @@ class Store:
         return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM manifest").fetchall()}
 
     def set_manifest(self, **values) -> None:
-        with self.db.atomic():
+        with self.transaction("the manifest update"):
             for key, value in values.items():
                 self._set(key, value)
 
@@ -155,7 +179,7 @@ class Store:
         Each row has key, kind, text, path, content_hash, metadata (JSON text) and vector
         (float32 array). Returns (generation, ids of the inserted rows in `rows` order).
         """
-        with self.db.atomic():
+        with self.transaction("the batch"):
             generation = self._bump_generation()
             if replace_ids:
                 self._delete_ids(replace_ids, generation)
@@ -183,7 +207,7 @@ class Store:
 
     def delete_keys(self, keys: Sequence[str]) -> tuple[int, np.ndarray, list[str]]:
         """Delete items by key in one transaction. Returns (generation, deleted ids, keys not found)."""
-        with self.db.atomic():
+        with self.transaction("the deletion"):
             found = self.lookup(keys)
             ids = [found[k][0] for k in keys if k in found]
             generation = self._bump_generation()
@@ -192,7 +216,7 @@ class Store:
 
     def record_skips(self, skips: Iterable[tuple[str, int | None, str]]) -> None:
         at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        with self.db.atomic():
+        with self.transaction("the record of skipped inputs"):
             self.db.conn.executemany("INSERT INTO skipped(source, line, reason, at) VALUES (?, ?, ?, ?)",
                                      [(s, line, reason, at) for s, line, reason in skips])
 
@@ -284,6 +308,25 @@ class Store:
     def skipped_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM skipped").fetchone()[0]
 
+    def damaged_rows(self, dim: int) -> dict[str, list[tuple[int, str, str | None]]]:
+        """Rows the engine cannot use, by problem: a vector blob of the wrong length, metadata
+        that is not a JSON object, a generation newer than the store's. (id, key, text) each."""
+        generation = self.generation()
+        queries = {
+            "vector": ("length(vector) != ?", [4 * dim]),
+            "metadata": ("NOT json_valid(metadata) OR json_type(metadata) != 'object'", []),
+            "generation": ("generation > ?", [generation]),
+        }
+        return {problem: [tuple(r) for r in self.db.execute(
+                    f"SELECT id, key, text FROM items WHERE {where} ORDER BY id", params).fetchall()]
+                for problem, (where, params) in queries.items()}
+
+    def set_vectors(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Replace the stored vectors of `ids` (a repair: the generation stays)."""
+        with self.transaction("the vector repair"):
+            self.db.conn.executemany("UPDATE items SET vector = ? WHERE id = ?",
+                                     [(np.asarray(v, np.float32).tobytes(), int(i)) for i, v in zip(ids, vectors)])
+
     def integrity_check(self) -> list[str]:
         """SQLite's own integrity check; ['ok'] when healthy."""
         return [r[0] for r in self.db.execute("PRAGMA integrity_check").fetchall()]
@@ -292,4 +335,8 @@ class Store:
 def _to_matrix(blobs: list[bytes], dim: int) -> np.ndarray:
     if not blobs:
         return np.zeros((0, dim), dtype=np.float32)
+    bad = sum(len(b) != 4 * dim for b in blobs)
+    if bad:
+        raise IndexCorrupt(f"latent.db holds {bad} damaged vector(s) (not {dim} float32 values); "
+                           "run `latent check` to list them and `latent rebuild` to re-encode them")
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()

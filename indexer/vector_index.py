@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import faiss
 import numpy as np
 
+from . import failpoints
 from .errors import IndexCorrupt, LatentError
 
 FILE_NAME = "vectors.faiss"
@@ -204,7 +205,7 @@ class VectorIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise LatentError(f"query dimension {queries.shape[-1]} does not match the index ({self.dim})")
-        k = int(candidates or k)
+        k = min(int(candidates or k), self.ntotal)  # FAISS pads beyond ntotal; never allocate more
         if self.ntotal == 0 or k <= 0:
             return (np.full((len(queries), max(k, 0)), -np.inf, np.float32),
                     np.full((len(queries), max(k, 0)), -1, np.int64))
@@ -239,28 +240,46 @@ class VectorIndex:
     def save(self, directory: Path, generation: int) -> int:
         """Write atomically (temp file, fsync, rename, fsync dir). Returns the CRC-32 recorded.
 
-        The caller holds the write lock, so temp files found here are left by killed writers.
+        On any failure (a full disk, an I/O error) the previous file is left byte-identical
+        and no temporary file remains: if the directory fsync fails after the rename, the
+        previous file is put back from a hard link made before it. The caller holds the
+        write lock, so temporary files found here are left by killed writers.
         """
         directory = Path(directory)
-        for stale in directory.glob(f".{FILE_NAME}.tmp-*"):
+        for stale in [*directory.glob(f".{FILE_NAME}.tmp-*"), *directory.glob(f".{FILE_NAME}.old-*")]:
             stale.unlink(missing_ok=True)
         payload = self.tombstones.astype("<i8").tobytes() + faiss.serialize_index(self.index).tobytes()
         fields = {"format": FILE_FORMAT, "generation": int(generation), "factory": self.factory, "dim": self.dim,
                   "ntotal": self.ntotal, "tombstones": len(self.tombstones), "bytes": len(payload)}
         crc = _checksum(fields, payload)
         header = json.dumps({**fields, "crc32": crc}).encode()
+        target = directory / FILE_NAME
         tmp = directory / f".{FILE_NAME}.tmp-{os.getpid()}"
+        backup = directory / f".{FILE_NAME}.old-{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
                 f.write(MAGIC + struct.pack("<I", len(header)) + header)
                 f.write(payload)
                 f.flush()
+                failpoints.hit("vectors-written")
                 os.fsync(f.fileno())
-            os.replace(tmp, directory / FILE_NAME)
+            failpoints.hit("vectors-synced")
+            try:
+                os.link(target, backup)
+            except OSError:  # no previous file, or a file system without hard links
+                backup = None
+            os.replace(tmp, target)
+            try:
+                failpoints.hit("vectors-renamed")
+                _fsync_dir(directory)
+            except BaseException:
+                if backup is not None:
+                    os.replace(backup, target)
+                raise
         finally:
-            if tmp.exists():
-                tmp.unlink()
-        _fsync_dir(directory)
+            for leftover in (tmp, backup):
+                if leftover is not None and os.path.lexists(leftover):
+                    os.unlink(leftover)
         self.generation = int(generation)
         return crc
 

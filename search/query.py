@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.encoders import normalize
-from indexer.errors import LatentError
+from indexer.errors import InputError, LatentError
 from indexer.index import Index
 
 from .filters import parse_where
@@ -21,6 +21,7 @@ from .filters import parse_where
 # Filters matching at most this many items are answered by an exact scan of their stored
 # vectors: exact, and cheaper than a graph or inverted-list search over a sparse selector.
 EXACT_SCAN_MAX = 20_000
+MAX_K = 100_000  # a larger k is refused; a k above the item count returns every item
 
 
 @dataclass
@@ -87,9 +88,11 @@ def encode_image(index: Index, path: str | Path) -> np.ndarray:
 def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str | None = None,
                    exclude_keys: tuple[str, ...] = ()) -> list[list[Hit]]:
     """Hits for each query vector (normalised here)."""
-    if k < 1:
-        raise LatentError(f"k must be at least 1, got {k}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise InputError(f"k must be a whole number from 1 to {MAX_K:,}, got {k!r}")
     queries = normalize(index.check_vectors(vectors))
+    if len(queries) and not queries.any(axis=1).all():
+        raise InputError("the query vector is all zeros: it has no direction to search by")
     allowed = matching_ids(index, where)
     if exclude_keys:
         found = index.store.lookup(list(exclude_keys))
@@ -105,6 +108,7 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
 
 def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     vindex = index.vectors
+    k = min(k, max(vindex.ntotal, 1))  # a k beyond the item count asks for every item
     if allowed is not None and len(allowed) <= EXACT_SCAN_MAX and not vindex.exact:
         return _exact_scan(index, queries, allowed, k)
     candidates = k * int(vindex.params.get("rerank", 10)) if vindex.lossy else k
