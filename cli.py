@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -157,6 +158,12 @@ class LatentGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+        except sqlite3.DatabaseError as e:  # damage found by a query after the store opened
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"Error: latent.db is damaged or unreadable ({e}); it is the source of truth: restore it "
+                       "from a backup (`latent check` reports what it can)", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted; every batch reported as committed is kept.", err=True)

@@ -1,8 +1,14 @@
 """Images: finding them in folders, decoding them safely into RGB, and preparing them
 (hash, decode, preprocess) in worker threads ahead of the model.
 
-Bad files (empty, not an image, corrupt, truncated, unreadable, decompression bombs)
-become Skips with a reason; symlink loops are walked once.
+Bad files (empty, not an image, corrupt, truncated, unreadable, not a regular file,
+decompression bombs) become Skips with a reason; symlink loops are walked once.
+
+Memory is bounded whatever the files hold: a file is never read into memory whole (it is
+decoded and hashed from disk); an image over MAX_PIXELS is refused from its header; only
+the first frame of an animation is decoded; a large image is reduced to WORK_SIDE before
+any colour conversion (JPEGs while decoding); and worker threads decode at most MAX_PIXELS
+pixels at a time between them.
 """
 
 from __future__ import annotations
@@ -10,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
+import threading
 import warnings
+from contextlib import contextmanager
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -31,6 +40,13 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"
           b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"\x00\x00\x01\x00")
 # Images with more pixels than this are refused (decompression bombs); Pillow's own limit.
 MAX_PIXELS = int(os.environ.get("LATENT_MAX_IMAGE_PIXELS", 89_478_485))
+# Larger images are reduced by a whole factor (JPEGs while decoding, others right after,
+# box filter) until their shorter side is under twice this, before colour conversion and
+# EXIF rotation: still several times any encoder's input.
+WORK_SIDE = 1024
+_HASH_CHUNK = 1 << 20
+_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+              7: "TRANSVERSE", 8: "ROTATE_90"}  # by EXIF orientation, as ImageOps.exif_transpose
 
 
 class ImageRefused(Exception):
@@ -59,36 +75,114 @@ def to_rgb(image) -> "Image.Image":
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def decode_image(data: bytes) -> tuple["Image.Image", dict]:
-    """Decode bytes into an RGB image (EXIF orientation applied) and {width, height, format}.
+class _PixelBudget:
+    """At most `limit` pixels being decoded at once, over all threads. An image over the
+    limit is refused before it gets here, so each request is eventually granted."""
 
-    Raises ImageRefused with the reason for anything that is not a usable image.
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int):
+        pixels = min(max(1, pixels), self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+_BUDGET = _PixelBudget(MAX_PIXELS)
+
+
+def _pil():
+    """PIL.Image, with Pillow's own bomb limit set to ours (LATENT_MAX_IMAGE_PIXELS can raise it)."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS != MAX_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    return Image
+
+
+def decode_image(data: bytes | BinaryIO) -> tuple["Image.Image", dict]:
+    """Decode an image (bytes, or a binary file open for reading) into RGB, EXIF orientation
+    applied, and {width, height, format} of the image as stored (rotated as shown).
+
+    Only the first frame of an animation is decoded; images whose shorter side is twice
+    WORK_SIDE or more come back reduced by a whole factor. Raises ImageRefused with the reason for
+    anything that is not a usable image.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    Image = _pil()
+    from PIL import UnidentifiedImageError
 
-    if not data:
-        raise ImageRefused("empty file")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if not data:
+            raise ImageRefused("empty file")
+        data = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageRefused(f"refused: {width}x{height} = {width * height:,} pixels is over the limit of "
-                                   f"{MAX_PIXELS:,} (a decompression bomb?); raise LATENT_MAX_IMAGE_PIXELS to allow it")
-            fmt = image.format
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            rgb = to_rgb(image)
+            # Pillow warns between MAX_PIXELS and twice that; the check below refuses those.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(data)
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageRefused(f"refused: {width}x{height} = {width * height:,} pixels is over the limit of "
+                               f"{MAX_PIXELS:,} (a decompression bomb?); raise LATENT_MAX_IMAGE_PIXELS to allow it")
+        fmt = image.format
+        scale = WORK_SIDE / max(1, min(width, height))
+        if scale <= 0.5 and fmt == "JPEG":  # let the decoder scale down (by 1/2, 1/4 or 1/8)
+            image.draft(image.mode, (max(1, int(width * scale)), max(1, int(height * scale))))
+        with _BUDGET.hold(image.size[0] * image.size[1]):
+            image.load()  # the first frame only
+            orientation = image.getexif().get(0x0112, 1)
+            rgb = to_rgb(_transpose(_reduce(image), orientation))
     except ImageRefused:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise ImageRefused(f"refused: decompression bomb ({e})") from None
     except UnidentifiedImageError:
         raise ImageRefused("not an image (no decoder recognises it)") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:  # truncated or corrupt data
         raise ImageRefused(f"corrupt or truncated image ({str(e)[:120]})") from None
-    return rgb, {"width": rgb.width, "height": rgb.height, "format": fmt}
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return rgb, {"width": width, "height": height, "format": fmt}
+
+
+def _reduce(image: "Image.Image") -> "Image.Image":
+    """The image reduced by a whole factor (box filter) until its shorter side is under twice
+    WORK_SIDE; itself when it already is. Done a strip at a time, so the only full-size
+    copy in memory is the decoded image itself."""
+    Image = _pil()
+    width, height = image.size
+    factor = min(width, height) // WORK_SIDE
+    if factor < 2:
+        return image
+    size = (-(-width // factor), -(-height // factor))
+    if image.mode in ("1", "P", "PA"):  # palette indices cannot be averaged: sample them
+        return image.resize(size, Image.Resampling.NEAREST)
+    out = Image.new(image.mode, size)
+    rows = factor * max(1, (1 << 22) // (width * factor))  # strips of about 4M pixels
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        try:
+            small = strip.reduce(factor)
+        except ValueError:  # modes reduce() does not take (16-bit grey)
+            small = strip.resize((size[0], -(-strip.height // factor)), Image.Resampling.BOX)
+        out.paste(small, (0, top // factor))
+    out.info = dict(image.info)
+    return out
+
+
+def _transpose(image: "Image.Image", orientation) -> "Image.Image":
+    method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(getattr(_pil().Transpose, method)) if method else image
 
 
 def load_image(path: str | Path) -> "Image.Image":
@@ -173,18 +267,35 @@ def _not_an_image_file(path: Path) -> str | None:
         st = path.stat()
     except OSError as e:
         return f"unreadable ({e.strerror})"
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     if st.st_size == 0:
         return "empty file"
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return None
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(16)
-    except OSError as e:
-        return f"unreadable ({e.strerror})"
+    except ImageRefused as e:
+        return str(e)
     return None if looks_like_image(head) else "not an image"
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """`path` open for reading in binary; ImageRefused when it cannot be opened or is not a
+    regular file. Never blocks: a FIFO put in a file's place is refused, not waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ImageRefused(f"unreadable ({e.strerror or e})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageRefused("not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 # -- preparing them in parallel ------------------------------------------------------------------
@@ -198,16 +309,23 @@ class Prepared:
 
 
 def prepare(record: ImageRecord, preprocess: Callable) -> Prepared:
-    """Read, hash, decode and preprocess one image file (runs in a worker thread)."""
+    """Decode, hash and preprocess one image file (runs in a worker thread), reading it
+    from disk in pieces: the file is never in memory whole."""
     path = Path(record.path)
-    try:
-        data = path.read_bytes()
-        st = path.stat()
-    except OSError as e:
-        raise ImageRefused(f"unreadable ({e.strerror or e})") from None
-    image, info = decode_image(data)
-    sha = hashlib.sha256(data).hexdigest()
-    metadata = {"path": str(path), "bytes": len(data), **info, "mtime": round(st.st_mtime, 3), "sha256": sha}
+    with open_regular(path) as f:
+        st = os.fstat(f.fileno())
+        if st.st_size == 0:
+            raise ImageRefused("empty file")
+        image, info = decode_image(f)
+        try:
+            f.seek(0)
+            digest = hashlib.sha256()
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+        except OSError as e:
+            raise ImageRefused(f"unreadable ({e.strerror or e})") from None
+    sha = digest.hexdigest()
+    metadata = {"path": str(path), "bytes": st.st_size, **info, "mtime": round(st.st_mtime, 3), "sha256": sha}
     return Prepared(sha, np.asarray(preprocess(image), dtype=np.float32), metadata)
 
 

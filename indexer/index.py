@@ -244,15 +244,19 @@ class Index:
         return vindex
 
     def _save_vectors(self) -> None:
+        vindex = self._vectors
+
+        def record(crc: int) -> None:  # inside the save: if this fails, the previous file is put back
+            self.store.set_manifest(vectors_generation=vindex.generation, vectors_crc32=crc,
+                                    vectors_factory=vindex.factory)
+
         try:
-            crc = self._vectors.save(self.directory, self._vectors.generation)
+            vindex.save(self.directory, vindex.generation, on_saved=record)
         except OSError as e:
             raise StorageError(
                 f"could not write {self.directory / vx.FILE_NAME} ({e.strerror or e}); the previous file is left as "
                 "it was and everything committed to latent.db is kept: the vector index is brought up to date "
                 "from latent.db when the index is next opened, or by `latent rebuild` once there is room") from e
-        self.store.set_manifest(vectors_generation=self._vectors.generation, vectors_crc32=crc,
-                                vectors_factory=self._vectors.factory)
 
     # -- writes ---------------------------------------------------------------------------------
     def _begin_write(self) -> None:
@@ -296,14 +300,15 @@ class Index:
         if "image" in enc.modalities:
             items = prefetch(items, enc.preprocess, ahead=2 * batch_size)
         report = IngestReport()
-        with self._writing(report, progress):
-            try:
+        try:
+            with self._writing(report, progress):
                 self._add_items(items, report, batch_size, progress, total, on_commit)
-            except StorageError as e:
-                if not report.committed:
-                    raise
-                raise StorageError(f"{e} ({len(report.committed)} earlier batches of this run, "
-                                   f"{sum(n for _, n in report.committed)} items, are committed and kept)") from e
+        except StorageError as e:
+            if not report.committed:
+                raise
+            raise StorageError(f"{e} (this run committed {len(report.committed)} batches, "
+                               f"{sum(n for _, n in report.committed)} items, before the failure; "
+                               "they are kept)") from e
         return report
 
     def _add_items(self, items: Iterable[Item], report: IngestReport, batch_size: int, progress: Progress,
@@ -342,25 +347,28 @@ class Index:
     @contextmanager
     def _writing(self, report: IngestReport | None = None, progress: Progress = _no_progress) -> Iterator[None]:
         """Hold the write lock around a write; afterwards record skips and save the vector index.
-        When the write itself failed, a second failure while finishing must not hide the first
-        (whatever is left, the next open repairs)."""
+        When the disk failed, nothing more is written; after another failure, what was done is
+        finished if possible, and a second failure then never hides the first."""
         self._begin_write()
-        failed = False
         try:
             yield
-        except BaseException:
-            failed = True
+        except (StorageError, OSError):  # the disk failed: write nothing more (the next open repairs)
+            self._lock.release()
             raise
-        finally:
+        except BaseException:  # an interrupt or a bad input: keep what was done, save it if possible
             try:
-                try:
-                    if report is not None and report.skipped:
-                        self.store.record_skips((s.source, s.line, s.reason) for s in report.skipped)
-                finally:
-                    self._end_write(progress)
+                self._finish_write(report, progress)
             except (StorageError, OSError):
-                if not failed:
-                    raise
+                pass
+            raise
+        self._finish_write(report, progress)
+
+    def _finish_write(self, report: IngestReport | None, progress: Progress) -> None:
+        try:
+            if report is not None and report.skipped:
+                self.store.record_skips((s.source, s.line, s.reason) for s in report.skipped)
+        finally:
+            self._end_write(progress)
 
     def _check_modality(self, record: Record) -> None:
         modality = "image" if record.kind == "image" else ("word" if record.kind == "word" else "text")
@@ -516,10 +524,17 @@ class Index:
 
     def delete(self, keys: Sequence[str]) -> tuple[int, list[str]]:
         """Delete items by key. Returns (number deleted, keys that were not in the index)."""
-        with self._writing():
-            generation, ids, missing = self.store.delete_keys(list(keys))
-            self._vectors.remove(ids)
-            self._vectors.generation = generation
+        ids = None
+        try:
+            with self._writing():
+                generation, ids, missing = self.store.delete_keys(list(keys))
+                self._vectors.remove(ids)
+                self._vectors.generation = generation
+        except StorageError as e:
+            if ids is None:
+                raise
+            raise StorageError(f"{e} (the deletion of {len(ids)} items was committed before the failure; "
+                               "it is kept)") from e
         return len(ids), missing
 
     def rebuild(self, *, progress: Progress = _no_progress) -> list[str]:
@@ -541,11 +556,10 @@ class Index:
         """(id, key, text) of rows whose vector is damaged: wrong length, non-finite or zero."""
         damaged = self.store.damaged_rows(self.dim)
         bad = {row[0]: row for row in damaged["vector"]}
-        if not bad:
-            for ids, vectors in self.store.iter_vectors(self.dim):
-                norms = np.linalg.norm(vectors, axis=1)
-                for i in ids[~np.isfinite(norms) | (norms == 0)]:
-                    bad[int(i)] = None
+        for ids, vectors in self.store.iter_vectors(self.dim, skip_damaged=True):
+            norms = np.linalg.norm(vectors, axis=1)
+            for i in ids[~np.isfinite(norms) | (norms == 0)]:
+                bad[int(i)] = None
         unknown = [i for i, row in bad.items() if row is None]
         if unknown:
             rows = self.store.db.execute(

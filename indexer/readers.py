@@ -1,14 +1,24 @@
 """Readers: turn input files into Records (key, text, metadata) and Skips (bad lines
 with their line numbers and reasons). Formats: lines, words, csv, jsonl, and images
-(folders, recursively; see indexer/images.py)."""
+(folders, recursively; see indexer/images.py).
+
+Text is read a line at a time with a bounded length: a line longer than MAX_LINE_BYTES
+(1 MiB, not counting its line end) is skipped ("line longer than 1 MiB") and read past in
+pieces, never held in memory whole. Lines that are not valid UTF-8 or hold NUL bytes are
+skipped; a file that is empty, or binary from its first bytes (an image, UTF-16, NUL bytes),
+is skipped whole with the reason."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import io
 import json
 import math
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +30,11 @@ FORMATS = ("lines", "words", "csv", "jsonl", "images")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "lines"}
 _INT = re.compile(r"-?(0|[1-9]\d*)")
 _FLOAT = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
+# The longest line (or CSV/JSONL record line) read, in bytes without its line end; longer
+# ones are skipped with LINE_TOO_LONG and streamed past without being held in memory.
+MAX_LINE_BYTES = 1 << 20
+LINE_TOO_LONG = "line longer than 1 MiB"
+_SNIFF_BYTES = 8192  # how much of a text input's start is checked for binary content
 
 
 @dataclass
@@ -61,7 +76,8 @@ def detect_format(path: str) -> str:
 
 
 def check_inputs(paths: Iterable[str], fmt: str | None = None) -> list[str]:
-    """Fail early, before anything is written, when an input cannot be opened."""
+    """Fail early, before anything is written, when an input cannot be opened: it does not
+    exist, is a broken symlink or a symlink loop, or is a file that cannot be read."""
     paths = list(paths)
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -71,10 +87,24 @@ def check_inputs(paths: Iterable[str], fmt: str | None = None) -> list[str]:
                 raise InputError("images cannot come from standard input; give files or folders")
             continue
         path = Path(p)
-        if not path.exists():
-            raise InputError(f"input {p} does not exist")
-        if path.is_dir() and fmt not in (None, "images"):
-            raise InputError(f"input {p} is a folder; folders are read as --format images")
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise InputError(f"input {p} is a symlink loop") from None
+            if path.is_symlink():
+                raise InputError(f"input {p} is a broken symlink (to {os.readlink(p)})") from None
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise InputError(f"input {p} does not exist") from None
+            raise InputError(f"cannot read input {p}: {e.strerror or e}") from None
+        if stat.S_ISDIR(st.st_mode):
+            if fmt not in (None, "images"):
+                raise InputError(f"input {p} is a folder; folders are read as --format images")
+        elif stat.S_ISREG(st.st_mode):  # a pipe is not opened here: that would take its data or block
+            try:
+                os.close(os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+            except OSError as e:
+                raise InputError(f"cannot read input {p}: {e.strerror or e}") from None
     return paths
 
 
@@ -94,30 +124,76 @@ def read_inputs(paths: Iterable[str], *, fmt: str | None = None, text_field: str
             yield from (_read_lines if f == "lines" else _read_words)(p)
 
 
-def _decoded_lines(path: str) -> Iterator[tuple[int, str | None]]:
-    """(line number, text without the line end) per line; text None when it is not valid UTF-8."""
-    stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+def _binary(head: bytes) -> str | None:
+    """Why a text input whose first bytes are `head` is not text, or None."""
+    from .images import looks_like_image
+
+    if looks_like_image(head):
+        return "binary file, not text: an image (read images with --format images)"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16 text; only UTF-8 is read"
+    if b"\x00" in head:
+        return "binary file, not text (it holds NUL bytes)"
+    return None
+
+
+def _bounded_lines(stream) -> Iterator[bytes | None]:
+    """The lines of a binary stream, line ends included; None for a line over MAX_LINE_BYTES,
+    whose rest is read past in pieces. At most MAX_LINE_BYTES + 2 bytes are held at a time."""
+    limit = MAX_LINE_BYTES + 2  # room for a line end
+    while raw := stream.readline(limit):
+        if len(raw) < limit or raw.endswith(b"\n"):  # a whole line (or the last, unended)
+            yield raw if len(raw.rstrip(b"\r\n")) <= MAX_LINE_BYTES else None
+            continue
+        while (rest := stream.readline(limit)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
+def _decoded_lines(path: str) -> Iterator[tuple[int | None, str | Skip]]:
+    """(line number, text without the line end) per line, or (line number, Skip) for a line
+    that is too long, not valid UTF-8 or holds NUL bytes; (None, Skip) alone for a file that
+    is empty or not text at all."""
     try:
-        for number, raw in enumerate(stream, start=1):
+        opened = sys.stdin.buffer if path == "-" else open(path, "rb")
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from e
+    stream = opened if hasattr(opened, "peek") else io.BufferedReader(opened)
+    try:
+        head = stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]  # like git, binary when NUL bytes are there
+        if not head:
+            if path != "-":
+                yield None, Skip(path, None, "empty file")
+            return
+        reason = _binary(head[3:] if head.startswith(b"\xef\xbb\xbf") else head)
+        if reason:
+            yield None, Skip(path, None, reason)
+            return
+        for number, raw in enumerate(_bounded_lines(stream), start=1):
+            if raw is None:
+                yield number, Skip(path, number, LINE_TOO_LONG)
+                continue
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
+                text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
-                yield number, None
+                yield number, Skip(path, number, "not valid UTF-8")
+                continue
+            yield number, (Skip(path, number, "NUL bytes in the line (binary data?)") if "\x00" in text else text)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from e
     finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
+        if opened is not sys.stdin.buffer:
+            opened.close()
 
 
 def _read_lines(path: str) -> Iterator[Item]:
     """One item per non-blank line; blank lines separate, they are not data."""
     name = Path(path).name if path != "-" else "<stdin>"
     for number, text in _decoded_lines(path):
-        if text is None:
-            yield Skip(path, number, "not valid UTF-8")
+        if isinstance(text, Skip):
+            yield text
         elif text.strip():
             yield Record(text=text.strip(), metadata={"source": name, "line": number}, source=path, line=number)
 
@@ -125,8 +201,8 @@ def _read_lines(path: str) -> Iterator[Item]:
 def _read_words(path: str) -> Iterator[Item]:
     """One word per non-blank line; the word is the key."""
     for number, text in _decoded_lines(path):
-        if text is None:
-            yield Skip(path, number, "not valid UTF-8")
+        if isinstance(text, Skip):
+            yield text
         elif text.strip():
             word = text.strip()
             yield Record(text=word, key=word, kind="word", source=path, line=number)
@@ -152,8 +228,8 @@ def _record_from_fields(row: dict, path: str, number: int, text_field: str, key_
 
 def _read_jsonl(path: str, *, text_field: str, key_field: str | None) -> Iterator[Item]:
     for number, line in _decoded_lines(path):
-        if line is None:
-            yield Skip(path, number, "not valid UTF-8")
+        if isinstance(line, Skip):
+            yield line
             continue
         if not line.strip():
             continue
@@ -195,9 +271,9 @@ def _read_csv(path: str, *, text_field: str, key_field: str | None) -> Iterator[
 
     def good_lines() -> Iterator[str]:
         for number, text in _decoded_lines(path):
-            current[0] = number
-            if text is None:
-                skips.append(Skip(path, number, "not valid UTF-8"))
+            current[0] = number or 0
+            if isinstance(text, Skip):
+                skips.append(text)
                 continue
             if first[0] is None:
                 first[0] = number

@@ -101,8 +101,16 @@ class Store:
         path = Path(directory) / DB_NAME
         try:
             store = cls(_connect(path), path)
+            if store.db.execute("PRAGMA user_version").fetchone()[0] == 0:  # never migrated: not ours
+                store.close()
+                raise IndexCorrupt(f"{path} is empty or not a latent store; it is the source of truth, "
+                                   "so restore it from a backup")
             store.migrate()
-            store.manifest()
+            missing = {"encoder", "dim", "generation", "index_type"} - set(store.manifest())
+            if missing:
+                store.close()
+                raise IndexCorrupt(f"{path} has lost its manifest ({', '.join(sorted(missing))} missing); "
+                                   "restore it from a backup")
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError) and "locked" not in str(e):
                 raise StorageError(f"cannot open {path} ({e})") from e
@@ -272,14 +280,16 @@ class Store:
         row = self.db.execute("SELECT vector FROM items WHERE key = ?", [key]).fetchone()
         return None if row is None else _to_matrix([row[0]], dim)[0]
 
-    def iter_vectors(self, dim: int, *, since_generation: int = 0,
-                     block: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) blocks, in id order, of the items written after `since_generation`."""
+    def iter_vectors(self, dim: int, *, since_generation: int = 0, block: int = 50_000,
+                     skip_damaged: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) blocks, in id order, of the items written after `since_generation`
+        (without the vectors of a wrong length, with `skip_damaged`)."""
         last = -1
+        length, extra = ("AND length(vector) = ?", [4 * dim]) if skip_damaged else ("", [])
         while True:
             rows = self.db.execute(
-                "SELECT id, vector FROM items WHERE generation > ? AND id > ? ORDER BY id LIMIT ?",
-                [since_generation, last, block],
+                f"SELECT id, vector FROM items WHERE generation > ? AND id > ? {length} ORDER BY id LIMIT ?",
+                [since_generation, last, *extra, block],
             ).fetchall()
             if not rows:
                 return

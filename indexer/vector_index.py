@@ -237,11 +237,12 @@ class VectorIndex:
         return params
 
     # -- files ---------------------------------------------------------------------------------
-    def save(self, directory: Path, generation: int) -> int:
+    def save(self, directory: Path, generation: int, *, on_saved: Callable[[int], None] | None = None) -> int:
         """Write atomically (temp file, fsync, rename, fsync dir). Returns the CRC-32 recorded.
 
-        On any failure (a full disk, an I/O error) the previous file is left byte-identical
-        and no temporary file remains: if the directory fsync fails after the rename, the
+        `on_saved(crc)` runs once the new file is durable (the store records it there). On
+        any failure up to and including `on_saved` (a full disk, an I/O error), the previous
+        file is left byte-identical and no temporary file remains: after the rename, the
         previous file is put back from a hard link made before it. The caller holds the
         write lock, so temporary files found here are left by killed writers.
         """
@@ -272,7 +273,9 @@ class VectorIndex:
             try:
                 failpoints.hit("vectors-renamed")
                 _fsync_dir(directory)
-            except BaseException:
+                if on_saved is not None:
+                    on_saved(crc)
+            except Exception:
                 if backup is not None:
                     os.replace(backup, target)
                 raise

@@ -1,0 +1,28 @@
+"""SIGKILL the real `latent add` at random moments and at the named dangerous points.
+
+25 runs on one index (the harness is in kill_harness.py; benchmarks/bench_kill.py runs
+200): after each kill, `latent check` passes before any repair, every batch the command
+reported as committed is present, and after reopening FAISS ids == item ids.
+"""
+
+from __future__ import annotations
+
+from kill_harness import POINTS, KillHarness
+
+RUNS = 25
+
+
+def test_kill_latent_add_25_times(tmp_path, glove_words):
+    harness = KillHarness(tmp_path / "killed", glove_words[100:], per_run=2000, batch=50, seed=1)
+    harness.create()
+    for mode, when in harness.plan(RUNS):
+        harness.run(mode, when)
+    summary = harness.summary()
+    print({k: v for k, v in summary.items() if k != "runs_detail"})
+    assert summary["runs"] == RUNS
+    assert set(summary["by_mode"]) == {"random", *POINTS}
+    for point in POINTS:  # every named point really killed the command
+        assert summary["by_mode"][point]["killed"] == summary["by_mode"][point]["runs"] >= 3
+    assert summary["by_mode"]["random"]["killed"] >= 5, summary["by_mode"]["random"]
+    assert summary["batches_verified"] > 0
+    assert harness.committed <= harness.store_keys()
