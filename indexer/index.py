@@ -5,7 +5,6 @@ derived) and the writer lock. Opening catches a stale vector index up with the s
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,13 +19,13 @@ from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
 from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary,
                      StorageError)
 from .images import ImageRefused, prefetch, prepare
-from .lock import WriteLock
+from .lock import WriteLock, env_seconds
 from .readers import Item, Record, Skip, content_hash
 from .store import DB_NAME, Store
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, advanced by, total or None)
 OnCommit = Callable[[int, int], None]  # (generation, items in the batch), once the batch is durable
-SAVE_EVERY_S = float(os.environ.get("LATENT_SAVE_EVERY_S", 60))  # how often a long add saves vectors.faiss
+SAVE_EVERY_S: float | None = None  # how often a long add saves vectors.faiss; None: $LATENT_SAVE_EVERY_S or 60
 
 
 @dataclass
@@ -314,6 +313,7 @@ class Index:
     def _add_items(self, items: Iterable[Item], report: IngestReport, batch_size: int, progress: Progress,
                    total: int | None, on_commit: OnCommit | None) -> None:
         last_save = time.monotonic()
+        save_every = env_seconds("LATENT_SAVE_EVERY_S", 60.0) if SAVE_EVERY_S is None else SAVE_EVERY_S
         progress("add", 0, total)
         batch: list[Record] = []
 
@@ -338,7 +338,7 @@ class Index:
             if len(batch) >= batch_size:
                 flush()
                 batch = []
-                if time.monotonic() - last_save > SAVE_EVERY_S:
+                if time.monotonic() - last_save > save_every:
                     self._save_vectors()
                     last_save = time.monotonic()
         if batch:
@@ -633,12 +633,23 @@ class Index:
         if integrity != ["ok"]:
             problems.append("SQLite integrity_check: " + "; ".join(integrity[:5]) +
                             " (latent.db is the source of truth: restore it from a backup)")
+        # A writer may commit and save while this runs. Read in the order writes happen backwards
+        # (the recorded generation, then the file, then the store), so that recorded <= file <= store
+        # holds unless something is damaged, and compare ids within one snapshot of the store.
+        recorded = self.store.manifest().get("vectors_generation")
+        try:
+            vindex, load_error = vx.VectorIndex.load(self.directory, params=self.params), None
+        except IndexCorrupt as e:
+            vindex, load_error = None, e
         with self.store.snapshot():
             generation = self.store.generation()
             live = self.store.ids()
             damaged = self.store.damaged_rows(self.dim)
             bad_vectors = self._bad_vector_rows()
-        recorded = self.store.manifest().get("vectors_generation")
+            file_generation = vindex.generation if vindex is not None else None
+            if (vindex is not None and vindex.dim == self.dim and file_generation < generation
+                    and not damaged["vector"]):
+                self._catch_up(vindex)  # in this snapshot: to exactly `generation`
         facts = {"count": int(len(live)), "generation": generation}
         if bad_vectors:
             problems.append(f"{len(bad_vectors)} item(s) have damaged, non-finite or zero vectors "
@@ -649,30 +660,26 @@ class Index:
         if damaged["generation"]:
             problems.append(f"{len(damaged['generation'])} item(s) carry a generation newer than the store's "
                             f"{generation}; `latent rebuild` repairs them")
-        try:
-            vindex = vx.VectorIndex.load(self.directory, params=self.params)
-        except IndexCorrupt as e:
-            problems.append(f"{e} (opening the index also rebuilds it)")
+        if vindex is None:
+            problems.append(f"{load_error} (opening the index also rebuilds it)")
         else:
-            facts["vectors_generation"] = vindex.generation
+            facts["vectors_generation"] = file_generation
             if vindex.dim != self.dim:
                 problems.append(f"{vx.FILE_NAME} holds {vindex.dim}-d vectors, the store {self.dim}-d; "
                                 "run `latent rebuild`")
-            elif vindex.generation > generation:
-                problems.append(f"{vx.FILE_NAME} reflects generation {vindex.generation}, newer than the store's "
+            elif file_generation > generation:
+                problems.append(f"{vx.FILE_NAME} reflects generation {file_generation}, newer than the store's "
                                 f"{generation}: the store lost commits (a deleted -wal file?); opening the index "
                                 "rebuilds the vector index from what the store holds")
             else:
-                if recorded is not None and vindex.generation < recorded:
-                    problems.append(f"{vx.FILE_NAME} is older (generation {vindex.generation}) than the last one "
+                if recorded is not None and file_generation < recorded:
+                    problems.append(f"{vx.FILE_NAME} is older (generation {file_generation}) than the last one "
                                     f"written ({recorded}): it was replaced by an older copy; opening the index "
                                     "catches it up")
-                elif vindex.generation < generation:
-                    notes.append(f"{vx.FILE_NAME} is behind the store (generation {vindex.generation} of "
+                elif file_generation < generation:
+                    notes.append(f"{vx.FILE_NAME} is behind the store (generation {file_generation} of "
                                  f"{generation}), as after a crash before its save; opening the index catches it "
                                  "up, and this check did so in memory")
-                if vindex.generation < generation and not damaged["vector"]:
-                    self._catch_up(vindex)
                 in_faiss = vindex.ids()
                 missing = np.setdiff1d(live, in_faiss)
                 extra = np.setdiff1d(in_faiss, live)

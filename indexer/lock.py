@@ -4,17 +4,33 @@ readers never take it."""
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import time
 from pathlib import Path
 
-from .errors import LockTimeout
+from .errors import InputError, LockTimeout
 
 LOCK_NAME = "write.lock"
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A duration from the environment variable `name`: a finite number of seconds >= 0."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"{name} must be a number of seconds >= 0, not {raw!r}")
+    return value
+
+
 def default_timeout() -> float:
-    return float(os.environ.get("LATENT_LOCK_TIMEOUT", "30"))
+    """$LATENT_LOCK_TIMEOUT seconds (default 30)."""
+    return env_seconds("LATENT_LOCK_TIMEOUT", 30.0)
 
 
 class WriteLock:

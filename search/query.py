@@ -93,17 +93,19 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
     queries = normalize(index.check_vectors(vectors))
     if len(queries) and not queries.any(axis=1).all():
         raise InputError("the query vector is all zeros: it has no direction to search by")
-    allowed = matching_ids(index, where)
-    if exclude_keys:
-        found = index.store.lookup(list(exclude_keys))
-        excluded = np.array([v[0] for v in found.values()], dtype=np.int64)
-        if allowed is not None:
-            allowed = np.setdiff1d(allowed, excluded)
-    else:
-        excluded = np.zeros(0, dtype=np.int64)
-    want = k + len(excluded) if allowed is None else k
-    scores, ids = _nearest(index, queries, want, allowed)
-    return [_to_hits(index, s, i, k, excluded) for s, i in zip(scores, ids)]
+    _ = index.vectors  # load (a repair may write) before the read transaction
+    with index.store.snapshot():  # one generation: the filter, the vector search and the rows of its hits
+        allowed = matching_ids(index, where)
+        if exclude_keys:
+            found = index.store.lookup(list(exclude_keys))
+            excluded = np.array([v[0] for v in found.values()], dtype=np.int64)
+            if allowed is not None:
+                allowed = np.setdiff1d(allowed, excluded)
+        else:
+            excluded = np.zeros(0, dtype=np.int64)
+        want = k + len(excluded) if allowed is None else k
+        scores, ids = _nearest(index, queries, want, allowed)  # index.vectors catches up to this snapshot
+        return [_to_hits(index, s, i, k, excluded) for s, i in zip(scores, ids)]
 
 
 def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

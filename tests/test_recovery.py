@@ -104,7 +104,7 @@ def error_lines(result) -> list[str]:
 
 
 # -- 1. crash between the SQLite commit and the FAISS write --------------------------------------------------
-def _crash_in_save(self, directory, generation):
+def _crash_in_save(self, directory, generation, **kwargs):
     raise OSError("simulated crash before vectors.faiss was written")
 
 
