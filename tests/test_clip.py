@@ -273,3 +273,25 @@ def test_checkpoint_round_trips_through_create_add_search(reference, encoder, ph
                                np.sort(image_vecs @ text_vec[0])[::-1], atol=1e-4)
     by_image = json.loads(run("similar", directory, "--image", folder / "coffee.png", "-k", "1", "--json"))
     assert by_image["hits"][0]["key"] == "coffee.png" and by_image["hits"][0]["score"] > 0.999
+
+
+class _Payload:
+    """Unpickling this calls open(marker, "w"): it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_is_refused_without_running_it(reference, tmp_path):
+    """A checkpoint with a __reduce__ payload: open_clip loads with weights_only=True, so the
+    payload never runs and the encoder reports the file cannot be loaded."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": dict(reference["state"]), "x": _Payload(marker)}, evil)
+    with pytest.raises(EncoderUnavailable) as refused:
+        load_clip(f"{ARCH}/{evil}")
+    assert not marker.exists(), "the payload ran"
+    assert str(evil) in str(refused.value)
