@@ -51,10 +51,22 @@ def _no_progress(stage: str, n: int, total: int | None) -> None:
     pass
 
 
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return isinstance(value, list) and any(_has_nul(v) for v in value)
+
+
 def metadata_json(metadata) -> str:
-    """Canonical JSON text of a metadata dict; InputError when it is not a JSON object of finite values."""
+    """Canonical JSON text of a metadata dict; InputError when it is not a JSON object of
+    finite values, or holds a NUL character (SQLite's JSON functions end text there, so
+    filters would match the text cut short)."""
     if not isinstance(metadata, dict):
         raise InputError(f"metadata must be a dict, not {type(metadata).__name__}")
+    if _has_nul(metadata):
+        raise InputError("metadata cannot contain NUL characters (U+0000): SQLite's JSON functions end text there")
     try:
         return json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -406,6 +418,9 @@ class Index:
                 report.skipped.append(Skip(rec.source, rec.line, str(e)))
                 continue
             key = rec.key if rec.key is not None else rec_hash[:20]
+            if not key or "\0" in key:
+                report.skipped.append(Skip(rec.source, rec.line, "the key is empty or contains a NUL character"))
+                continue
             by_key[key] = (rec, rec_hash, meta, array)
         self._skip_duplicate_images(by_key, report)
         existing = self.store.lookup(list(by_key))
@@ -492,9 +507,9 @@ class Index:
         vectors = normalize(self.check_vectors(vectors))
         if len(keys) != len(vectors):
             raise InputError(f"{len(keys)} keys for {len(vectors)} vectors")
-        bad = [k for k in keys if not isinstance(k, str) or not k]
+        bad = [k for k in keys if not isinstance(k, str) or not k or "\0" in k]
         if bad:
-            raise InputError(f"keys must be non-empty strings, got {bad[0]!r}")
+            raise InputError(f"keys must be non-empty strings without NUL characters, got {bad[0]!r}")
         if len(set(keys)) != len(keys):
             seen: set[str] = set()
             twice = next(k for k in keys if k in seen or seen.add(k))

@@ -4,12 +4,18 @@ Grammar (case-insensitive keywords):
     expr  := term ("or" term)*          term := factor ("and" factor)*
     factor:= "not" factor | "(" expr ")" | FIELD OP VALUE | FIELD ["not"] "in" "(" VALUE ("," VALUE)* ")"
     OP    := = == != < <= > >=
-FIELD is a metadata name (dots reach nested objects: `a.b`). VALUE is a number, a quoted
-string, `true`/`false` (JSON booleans), or another bare word (a string). Matching is
-type-strict: 1 matches 1 and 1.0, never "1" or true. `=` and `in` also match inside list
-values; `!=` and `not in` match items that lack the field; `<`-style comparisons need the
-field to hold a value of the same type (number with number, text with text) and are false
-otherwise, also under `not`.
+FIELD is a metadata name: ASCII letters, digits, `_` and dots, starting with a letter or `_`
+(`^[A-Za-z_][A-Za-z0-9_.]*$`); dots reach nested objects (`a.b`) and may not be doubled or
+trailing. Metadata keys outside that rule are stored but cannot be filtered on. VALUE is a
+number (ASCII digits; integers must fit in 64 bits, write `1e20` for larger ones), a quoted
+string ('...' or "...", where a backslash makes the next character literal, as in "a\\"b" or
+'it\\'s'), `true`/`false` (JSON booleans), or another bare word (a string, taken as written).
+Text values may not contain NUL characters (SQLite's JSON functions stop at them).
+Matching is type-strict: 1 matches 1 and 1.0, never "1" or true. `=` and `in` also match
+inside list values; `!=` and `not in` match items that lack the field; `<`-style comparisons
+need the field to hold a value of the same type (number with number, text with text,
+compared by code point) and are false otherwise, also under `not`. Every value and field
+name reaches SQLite as a bound parameter, never as SQL text.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from indexer.errors import FilterError
 
 _TOKEN = re.compile(
     r"""\s*(?:
-        (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-      | (?P<num>-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.:/-]))
+        (?P<str>"(?:[^"\\]|\\[\s\S])*"|'(?:[^'\\]|\\[\s\S])*')
+      | (?P<num>-?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?(?![\w.:/-]))
       | (?P<op><=|>=|!=|==|=|<|>)
       | (?P<punct>[(),])
       | (?P<word>[^\s()=!<>,"']+)
@@ -30,6 +36,8 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _KEYWORDS = {"and", "or", "not", "in"}
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass
@@ -54,7 +62,7 @@ def _tokenize(text: str) -> list[_Tok]:
         raw = m.group(kind)
         start = m.start(kind)
         if kind == "str":
-            value: object = re.sub(r"\\(.)", r"\1", raw[1:-1])
+            value: object = re.sub(r"\\([\s\S])", r"\1", raw[1:-1])
         elif kind == "num":
             value = float(raw) if any(c in raw for c in ".eE") else int(raw)
         elif kind == "word" and raw.lower() in _KEYWORDS:
@@ -70,6 +78,9 @@ def _tokenize(text: str) -> list[_Tok]:
 
 
 def _path(field: str, text: str, pos: int) -> str:
+    if not _FIELD.fullmatch(field):
+        raise FilterError(f"bad filter {text!r}: bad field name {field!r} at position {pos + 1}: field names are "
+                          "letters, digits, _ and dots, starting with a letter or _ (as in year or a.b_2)")
     parts = field.split(".")
     if not all(parts):
         raise FilterError(f"bad filter {text!r}: bad field name {field!r} at position {pos + 1} "
@@ -186,6 +197,13 @@ class _Parser:
 
     def value(self):
         tok = self.peek()
+        if tok.kind == "num" and isinstance(tok.value, int) and not _INT64[0] <= tok.value <= _INT64[1]:
+            raise FilterError(f"bad filter {self.text!r}: the integer {tok.raw} at position {tok.pos + 1} does not "
+                              "fit in 64 bits (write it as a float, as in 1e20, to compare approximately)")
+        if tok.kind in ("str", "word") and isinstance(tok.value, str) and not _matchable(tok.value):
+            bad = ("a NUL character (SQLite's JSON functions end text there, so it could never match)"
+                   if "\0" in tok.value else "a character that is not valid Unicode text (an undecodable byte?)")
+            raise FilterError(f"bad filter {self.text!r}: the value at position {tok.pos + 1} contains {bad}")
         if tok.kind in ("str", "num", "word"):
             self.take()
             return tok.value
@@ -206,6 +224,18 @@ class _Parser:
             raise self.fail("',' or ')'")
         self.take()
         return values
+
+
+def _matchable(text: str) -> bool:
+    """No NUL (SQLite's JSON functions end stored text there) and no lone surrogate (an undecodable
+    command-line byte), which SQLite cannot take as a parameter."""
+    if "\0" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_where(text: str) -> tuple[str, list]:
