@@ -1038,7 +1038,24 @@ def gan_direction(model: Path, source: str, target: str, output: Path, index_dir
 
 
 def main() -> None:
-    cli(prog_name="latent")
+    """The `latent` command. It ends with os._exit once its output is flushed: every index
+    is closed by then (each write is committed, and durable, before the command returns),
+    and skipping the interpreter's teardown saves about 0.3 s and 120 MiB of peak memory
+    that torch's teardown touches."""
+    try:
+        cli(prog_name="latent")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # `latent ... | head`: the reader left
+        pass
+    finally:
+        sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ decompression bombs) become Skips with a reason; symlink loops are walked once.
 
 Memory is bounded whatever the files hold: a file is never read into memory whole (it is
 decoded and hashed from disk); an image over MAX_PIXELS is refused from its header; only
-the first frame of an animation is decoded; a large image is reduced to WORK_SIDE before
-any colour conversion (JPEGs while decoding); and worker threads decode at most MAX_PIXELS
-pixels at a time between them.
+the first frame of an animation is decoded; a large image is reduced toward WORK_SIDE
+before any colour conversion or rotation (JPEGs while decoding), so its decoded pixels are
+the only full-size copy; and worker threads decode at most MAX_PIXELS pixels at a time
+between them.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import os
 import stat
 import threading
 import warnings
-from contextlib import contextmanager
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
@@ -115,8 +116,8 @@ def decode_image(data: bytes | BinaryIO) -> tuple["Image.Image", dict]:
     applied, and {width, height, format} of the image as stored (rotated as shown).
 
     Only the first frame of an animation is decoded; images whose shorter side is twice
-    WORK_SIDE or more come back reduced by a whole factor. Raises ImageRefused with the reason for
-    anything that is not a usable image.
+    WORK_SIDE or more come back reduced by a whole factor. Raises ImageRefused with the
+    reason for anything that is not a usable image.
     """
     Image = _pil()
     from PIL import UnidentifiedImageError

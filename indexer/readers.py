@@ -33,7 +33,8 @@ _FLOAT = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
 # The longest line (or CSV/JSONL record line) read, in bytes without its line end; longer
 # ones are skipped with LINE_TOO_LONG and streamed past without being held in memory.
 MAX_LINE_BYTES = 1 << 20
-LINE_TOO_LONG = "line longer than 1 MiB"
+LINE_TOO_LONG = (f"line longer than {MAX_LINE_BYTES >> 20} MiB" if MAX_LINE_BYTES % (1 << 20) == 0
+                 else f"line longer than {MAX_LINE_BYTES:,} bytes")
 _SNIFF_BYTES = 8192  # how much of a text input's start is checked for binary content
 
 

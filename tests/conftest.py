@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,3 +66,13 @@ def sentence_index_dir(tmp_path_factory, sentences) -> Path:
     index.add(Record(text=s["text"], key=s["id"], metadata={"topic": s["topic"]}) for s in sentences)
     index.close()
     return directory
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid PNG header claiming width x height pixels, with almost no data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))

@@ -3,13 +3,13 @@ folders safely, and ingesting a hostile folder without losing anything."""
 
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from conftest import png_bomb
 
 from indexer import Index, InputError, Record
 from indexer.images import ImageRecord, ImageRefused, decode_image, load_image, read_images
@@ -29,16 +29,6 @@ def jpeg_bytes(image: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=92, **kw)
     return buf.getvalue()
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid PNG header claiming width x height pixels, with almost no data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
 
 
 # -- decoding ------------------------------------------------------------------------------------

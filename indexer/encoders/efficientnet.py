@@ -187,6 +187,9 @@ def _limit_torch_threads(torch) -> None:
 
 
 # -- the encoder ---------------------------------------------------------------------------------------
+
+FORWARD_CHUNK = 8  # images per pass of the network (see EfficientNetEncoder.forward)
+
 class EfficientNetEncoder(Encoder):
     """Images to 1280-d EfficientNet-Lite0 features, with their top-5 ImageNet classes as metadata."""
 
@@ -285,13 +288,15 @@ class EfficientNetEncoder(Encoder):
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(pooled features (n, 1280), class logits (n, 1000)), float32, from one pass of the network.
 
-        Runs on the CPU in chunks of `default_batch_size`, which bounds memory for large batches.
+        Runs on the CPU in chunks of FORWARD_CHUNK images: activations take about 18 MiB an
+        image, so this bounds memory (a chunk of 32 raised the peak by 500 MiB) and, measured
+        on 2 cores, is no slower than larger chunks.
         """
         torch = self._torch
         batch = self._check_batch(batch)
         features = np.empty((len(batch), self.dim), dtype=np.float32)
         logits = np.empty((len(batch), len(self.labels)), dtype=np.float32)
-        step = self.default_batch_size
+        step = FORWARD_CHUNK
         with torch.inference_mode():
             for start in range(0, len(batch), step):
                 x = torch.from_numpy(batch[start:start + step])
