@@ -438,6 +438,13 @@ class Index:
                 continue
             to_encode.append((key, rec, array))
         vectors, extra = self._encode_records(to_encode, report)
+        zero = ~vectors.any(axis=1)
+        if zero.any():  # no direction to search by: such an item could never be found
+            for (_, rec, _) in [t for t, z in zip(to_encode, zero) if z]:
+                report.skipped.append(Skip(rec.source, rec.line, "the encoder gave it a zero vector"))
+            to_encode[:] = [t for t, z in zip(to_encode, zero) if not z]
+            extra = [e for e, z in zip(extra, zero) if not z]
+            vectors = vectors[~zero]
         if not to_encode and not meta_updates:
             return
         replace_ids = [existing[key][0] for key, _, _ in to_encode if key in existing]
