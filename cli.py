@@ -1037,6 +1037,37 @@ def gan_direction(model: Path, source: str, target: str, output: Path, index_dir
                f"{d['source']:.0%} (random: {r['source']:.0%})")
 
 
+@cli.command()
+@click.argument("directories", nargs=-1, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but a loopback address needs --public.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--public", is_flag=True, help="Allow a non-loopback --host (then a token is required).")
+@click.option("--token", envvar="LATENT_TOKEN", metavar="TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' (or ?token=TOKEN) on every request [env: LATENT_TOKEN].")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0.01, 1024),
+              help="Largest image upload, in MiB.")
+@click.pass_context
+def serve(ctx, directories, host: str, port: int, public: bool, token: str | None, max_upload_mb: float):
+    """Serve DIRECTORIES (index folders or @words, @sentences, @photos) over HTTP: the web page
+    at / and the JSON API under /api (schema at /openapi.json).
+
+    \b
+    Example:
+        latent serve photos notes @words
+        LATENT_TOKEN=... latent serve photos --host 0.0.0.0 --public
+    """
+    from search.server import Limits, serve as run_server
+
+    progress = _progress(ctx)
+    try:
+        run_server(list(directories), host=host, port=port, token=token, public=public,
+                   limits=Limits(max_upload_bytes=int(max_upload_mb * 2**20)), progress=progress,
+                   announce=lambda line: click.echo(line, err=True))
+    finally:
+        progress.close()
+
+
 def main() -> None:
     """The `latent` command. It ends with os._exit once its output is flushed: every index
     is closed by then (each write is committed, and durable, before the command returns),

@@ -232,6 +232,10 @@ class Store:
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM items").fetchone()[0]
 
+    def kind_counts(self) -> dict[str, int]:
+        """Items per kind (text, word, image, vector)."""
+        return dict(self.db.execute("SELECT kind, count(*) FROM items GROUP BY kind ORDER BY kind").fetchall())
+
     def lookup(self, keys: Sequence[str]) -> dict[str, tuple[int, str, str]]:
         """key -> (id, content_hash, metadata JSON) for the keys that exist."""
         out = {}

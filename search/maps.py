@@ -340,7 +340,7 @@ def colouring(m: Map, color_by: str | None) -> Colouring:
 
 
 # -- labels -------------------------------------------------------------------------------------------
-def _unit(coords: np.ndarray) -> np.ndarray:
+def unit_square(coords: np.ndarray) -> np.ndarray:
     """Coordinates scaled by one factor (shapes kept) into [0, 1], the shorter side centred."""
     c = np.asarray(coords, dtype=np.float64)
     lo, hi = c.min(axis=0), c.max(axis=0)
@@ -368,7 +368,7 @@ def label_candidates(coords: np.ndarray, k: int, seed: int = 0) -> list[int]:
     n = len(coords)
     if k <= 0 or n == 0:
         return []
-    z = _unit(coords)
+    z = unit_square(coords)
     clusters = min(n, 3 * k)
     if clusters >= n:
         centre = int(np.argmin(np.linalg.norm(z - np.median(z, axis=0), axis=1)))
@@ -404,7 +404,7 @@ def label_order(coords: np.ndarray, seed: int = 0, spread: int = 2000) -> list[i
     n = len(coords)
     if n == 0:
         return []
-    z = _unit(coords)
+    z = unit_square(coords)
     centre = int(np.argmin(np.linalg.norm(z - np.median(z, axis=0), axis=1)))
     first = _farthest_first(z, centre, min(n, spread))
     seen = set(first)
@@ -412,7 +412,7 @@ def label_order(coords: np.ndarray, seed: int = 0, spread: int = 2000) -> list[i
     return [int(i) for i in first] + rest
 
 
-def _label_text(m: Map, i: int, width: int = 32) -> str:
+def label_text(m: Map, i: int, width: int = 32) -> str:
     return _short(m.texts[i] if m.kinds[i] != "word" and m.texts[i] else m.keys[i], width)
 
 
@@ -484,7 +484,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def _category_spots(coords: np.ndarray, groups: list[int], ncat: int, seed: int) -> dict[int, int]:
     """For each category that forms a cloud, the row at its densest spot (most same-category
     points nearby); categories strewn over the map get none."""
-    z = _unit(coords)
+    z = unit_square(coords)
     spots = {}
     groups = np.asarray(groups)
     rng = np.random.default_rng(seed)
@@ -648,7 +648,7 @@ def render_png(m: Map, path: str | Path, *, color_by: str | None = None, labels:
                             break
                         ab.remove()
                     continue
-            text = _label_text(m, i)
+            text = label_text(m, i)
             for dx, dy, ha, va in offsets_text:
                 t = ax.annotate(text, xy=xy, xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
                                 fontsize=8, color="#222222", parse_math=False, zorder=6,
@@ -706,7 +706,7 @@ def render_html(m: Map, path: str | Path, *, color_by: str | None = None, title:
     path = _check_target(path)
     colours = colouring(m, color_by)
     n = len(m)
-    z = _unit(m.coords) if n else np.zeros((0, 2))
+    z = unit_square(m.coords) if n else np.zeros((0, 2))
     thumbs: list[str | None] = [None] * n
     thumbed = []
     for i in range(n):
@@ -740,7 +740,7 @@ def render_html(m: Map, path: str | Path, *, color_by: str | None = None, title:
         "category": colours.point_category if colours.kind == "categorical" else None,
         "key": list(m.keys), "kind": list(m.kinds), "text": texts,
         "meta": [_shown_metadata(md) for md in m.metadata], "thumb": thumbs,
-        "label": [_label_text(m, i, 30) for i in range(n)], "order": label_order(m.coords, m.seed),
+        "label": [label_text(m, i, 30) for i in range(n)], "order": label_order(m.coords, m.seed),
     }
     script = _HTML_SCRIPT
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
