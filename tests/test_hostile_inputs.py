@@ -4,11 +4,11 @@ a symlink loop, a FIFO, an unreadable file), added with `latent add --json` as a
 (efficientnet) and as text files (minilm). Each bad file must be skipped with its reason, the
 good items all added, nothing stored for a bad file, and the memory of `latent add` bounded.
 
-Memory is the peak RSS of the `latent add` process itself (os.wait4 on its pid; ru_maxrss is
-in KiB on Linux). It must stay under 1 GiB, and within HEADROOM of `latent create` with the
-same encoder (which loads the encoder and reads no input: most of the memory is torch's
-import, ~530 MiB here). A 100 MB line held whole, or the 81 M pixel GIF converted to RGB at
-full size, would add far more.
+Memory is the peak RSS of the `latent add` process itself: its VmHWM, polled from /proc every
+50 ms (ru_maxrss from os.wait4 would also count the forked copy of pytest that started it). It
+must stay under 1 GiB, and within HEADROOM of `latent create` with the same encoder (which
+loads the encoder and reads no input: most of the memory is torch's import, ~530 MiB here). A
+100 MB line held whole, or the 81 M pixel GIF converted to RGB at full size, would add far more.
 
 Tests may run as root, for whom chmod 000 does not stop reading: then every `latent` command
 runs with the capabilities that let root ignore file permissions (CAP_DAC_OVERRIDE,
@@ -71,6 +71,7 @@ class Run:
         env = {k: v for k, v in os.environ.items() if k != "LATENT_MAX_IMAGE_PIXELS"}
         self.args = args
         self.killed: str | None = None
+        self.hwm = 0  # the peak RSS seen by the watchdog (VmHWM)
         self._out, self._err = io.BytesIO(), io.BytesIO()
         self.started = time.monotonic()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -83,25 +84,29 @@ class Run:
             t.start()
 
     def _watch(self) -> None:
+        """Polls /proc: VmHWM is the peak RSS of the process image the command runs in (it starts
+        afresh at exec; ru_maxrss would also count the copy of pytest that was forked to start it)."""
         status = Path(f"/proc/{self.proc.pid}/status")
-        while not self._done.wait(0.2):
+        while not self._done.wait(0.05):
             try:
-                rss = next(int(line.split()[1]) * 1024 for line in status.read_text().splitlines()
-                           if line.startswith("VmRSS:"))
-            except (OSError, StopIteration, ValueError):
+                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+                rss, hwm = (int(fields[name].split()[0]) * 1024 for name in ("VmRSS", "VmHWM"))
+            except (OSError, KeyError, ValueError):
                 continue  # exiting, or a zombie waiting to be reaped
+            self.hwm = max(self.hwm, hwm)
             if time.monotonic() - self.started > TIMEOUT_S or rss > RSS_KILL:
                 self.killed = f"over {TIMEOUT_S} s" if rss <= RSS_KILL else f"RSS {rss / MIB:.0f} MiB"
                 self.proc.kill()
                 return
 
     def wait(self) -> Run:
-        """Wait for the process itself (not RUSAGE_CHILDREN): its exit status and its own peak RSS."""
+        """Wait for the process itself: its exit status and its own peak RSS (the largest VmHWM
+        seen, which is at most its ru_maxrss; that one also counts the pre-exec fork of pytest)."""
         _, status, usage = os.wait4(self.proc.pid, 0)
         self._done.set()
         self.seconds = time.monotonic() - self.started
         self.proc.returncode = self.rc = os.waitstatus_to_exitcode(status)
-        self.peak = usage.ru_maxrss * 1024  # KiB on Linux
+        self.peak = min(usage.ru_maxrss * 1024, self.hwm) if self.hwm else usage.ru_maxrss * 1024
         for t in self._threads:
             t.join()
         self.proc.stdout.close()
