@@ -183,11 +183,12 @@ class LatentGroup(click.Group):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def cli(quiet: bool, debug: bool):
-    """latent: search and explore the latent spaces of words and sentences.
+    """latent: search and explore the latent spaces of words, sentences and images.
 
     Indexes are directories holding a SQLite store (items, metadata, vectors) and a
     FAISS index derived from it. Encoders: minilm (sentences, default), glove (words),
-    st:<sentence-transformers model or path>.
+    efficientnet and conse (images; conse also takes text), st:<sentence-transformers
+    model or path>, clip:<arch>/<pretrained or file>; `latent encoders` lists them.
 
     \b
     Example:
