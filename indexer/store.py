@@ -215,6 +215,7 @@ class Store:
 
     def delete_keys(self, keys: Sequence[str]) -> tuple[int, np.ndarray, list[str]]:
         """Delete items by key in one transaction. Returns (generation, deleted ids, keys not found)."""
+        keys = list(dict.fromkeys(keys))  # a key given twice is one item
         with self.transaction("the deletion"):
             found = self.lookup(keys)
             ids = [found[k][0] for k in keys if k in found]

@@ -33,7 +33,10 @@ FILE_FORMAT = 1
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 AUTO_FLAT_MAX_FLOATS = 2**25
 DEFAULT_PARAMS = {"efConstruction": 128, "efSearch": 128, "nprobe": 32, "rerank": 10}
-_LOSSY = re.compile(r"PQ|SQ|LSH|RaBitQ")
+# Factories whose scores are exact inner products of the stored vectors; any other (PQ, SQ, RQ,
+# LSH, PCA...) is re-ranked from the store's exact vectors.
+_EXACT_SCORES = re.compile(r"(IDMap2?,)?(Flat|HNSW\d+(,Flat)?|IVF\d+(_HNSW\d+)?,Flat)")
+_CODEBOOKS = re.compile(r"(?:PQ|RQ)\d+((?:x\d+)*)")  # nbits is the last xN (default 8)
 
 
 def _nlist(n: int) -> int:
@@ -84,8 +87,12 @@ def train_threshold(factory: str, dim: int) -> int:
         return 0
     ivf = faiss.try_extract_index_ivf(index)
     need = 39 * ivf.nlist if ivf is not None else 1000
-    if "PQ" in factory or "SQ" in factory:
-        need = max(need, 39 * 256 if "PQ" in factory else 1000)
+    codebooks = _CODEBOOKS.search(factory)  # PQ, RQ, PRQ: 2**nbits centroids per codebook
+    if codebooks:
+        nbits = int(codebooks.group(1).rsplit("x", 1)[-1]) if codebooks.group(1) else 8
+        need = max(need, 39 * 2**nbits)
+    elif "SQ" in factory:  # SQ, LSQ
+        need = max(need, 1000)
     return need
 
 
@@ -177,7 +184,12 @@ class VectorIndex:
     @property
     def lossy(self) -> bool:
         """True when stored codes are compressed, so results are re-ranked from exact vectors."""
-        return bool(_LOSSY.search(self.factory))
+        return not _EXACT_SCORES.fullmatch(self.factory)
+
+    @property
+    def live(self) -> int:
+        """How many ids a search can return (ids hidden by tombstones left out)."""
+        return self.ntotal - len(self.tombstones)
 
     @property
     def exact(self) -> bool:
@@ -198,10 +210,12 @@ class VectorIndex:
         return raw[~np.isin(raw, self.tombstones)] if len(self.tombstones) else raw
 
     def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
-               candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               candidates: int | None = None, thorough: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the `candidates` (default k) best ids per query; -1 pads missing.
 
-        `allowed` restricts the search to those ids before the nearest are chosen.
+        `allowed` restricts the search to those ids before the nearest are chosen. `thorough`
+        widens an approximate search for a retry: HNSW's candidate list grows by the hidden
+        (tombstoned) ids, which otherwise take its slots; IVF probes every list.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
@@ -217,16 +231,20 @@ class VectorIndex:
             hide = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.tombstones))
             selector = hide if selector is None else faiss.IDSelectorAnd(selector, hide)
         with _threads_for(len(queries)):
-            scores, ids = self.index.search(queries, k, params=self._search_params(selector, k))
+            scores, ids = self.index.search(queries, k, params=self._search_params(selector, k, thorough))
         ids[~np.isfinite(scores)] = -1
         return scores, ids
 
-    def _search_params(self, selector, k: int):
+    def _search_params(self, selector, k: int, thorough: bool = False):
         inner = _hnsw_of(self.index)
+        ivf = faiss.try_extract_index_ivf(self.index)
         if inner is not None:
-            params = faiss.SearchParametersHNSW(efSearch=max(int(self.params["efSearch"]), k))
-        elif faiss.try_extract_index_ivf(self.index) is not None:
-            params = faiss.SearchParametersIVF(nprobe=int(self.params["nprobe"]))
+            ef = max(int(self.params["efSearch"]), k) + (len(self.tombstones) if thorough else 0)
+            params = faiss.SearchParametersHNSW(efSearch=ef)
+        elif ivf is not None:
+            params = faiss.SearchParametersIVF(nprobe=ivf.nlist if thorough else int(self.params["nprobe"]))
+        elif selector is None:
+            return None  # some indexes (RQ, LSQ without IVF) refuse any SearchParameters
         else:
             params = faiss.SearchParameters()
         if selector is not None:

@@ -123,6 +123,16 @@ def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | No
         if short.any():  # the approximate search missed matches: fall back to an exact scan
             s2, i2 = _exact_scan(index, queries[short], allowed, k)
             scores[short], ids[short] = s2, i2
+    elif not vindex.exact:
+        short = (ids >= 0).sum(axis=1) < min(k, vindex.live)
+        if short.any():  # a graph or probe search came back short (HNSW tombstones take its slots)
+            if vindex.live <= EXACT_SCAN_MAX:
+                s2, i2 = _exact_scan(index, queries[short], vindex.ids(), k)
+            else:
+                s2, i2 = vindex.search(queries[short], k, candidates=candidates, thorough=True)
+                if vindex.lossy:
+                    s2, i2 = _rerank(index, queries[short], i2, k)
+            scores[short], ids[short] = s2, i2
     return scores, ids
 
 

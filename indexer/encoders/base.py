@@ -25,9 +25,9 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
         raise EncoderMismatch(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
     if not np.isfinite(vectors).all():
         raise EncoderMismatch("vectors contain NaN or infinite values; refusing to index or search them")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)  # float32 over/underflows
     norms[norms == 0] = 1.0
-    return vectors / norms
+    return (vectors / norms).astype(np.float32)
 
 
 # Named in errors that send users to an encoder able to take their input.
