@@ -228,8 +228,8 @@ def main() -> None:
     versions |= {"faiss": faiss.__version__, "python": platform.python_version()}
     print(f"args: {vars(args)}")
     print(f"versions: {versions}")
-    print(f"cpus {os.cpu_count()}, client threads {args.threads}, server: FAISS 1 OpenMP thread per query "
-          f"(in-process: {faiss.omp_get_max_threads()} by default, then 1); "
+    print(f"cpus {os.cpu_count()}, client threads {args.threads}, FAISS OpenMP threads "
+          f"{faiss.omp_get_max_threads()} (a single query runs on 1, in the server and in-process); "
           f"index {directory} ({index.count():,} words, {index.vectors.factory}, "
           f"{'built in %.1f s' % built if built else 'reused'}); {len(queries)} distinct query words, k={args.k}")
 
