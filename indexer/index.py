@@ -574,25 +574,9 @@ class Index:
             self._save_vectors()
         return repaired
 
-    def _bad_vector_rows(self) -> list[tuple[int, str, str | None]]:
-        """(id, key, text) of rows whose vector is damaged: wrong length, non-finite or zero."""
-        damaged = self.store.damaged_rows(self.dim)
-        bad = {row[0]: row for row in damaged["vector"]}
-        for ids, vectors in self.store.iter_vectors(self.dim, skip_damaged=True):
-            norms = np.linalg.norm(vectors, axis=1)
-            for i in ids[~np.isfinite(norms) | (norms == 0)]:
-                bad[int(i)] = None
-        unknown = [i for i, row in bad.items() if row is None]
-        if unknown:
-            rows = self.store.db.execute(
-                "SELECT id, key, text FROM items WHERE id IN (SELECT value FROM json_each(?))",
-                [json.dumps(unknown)]).fetchall()
-            bad.update({r[0]: tuple(r) for r in rows})
-        return sorted(bad.values())
-
     def _repair_rows(self) -> list[str]:
         repaired: list[str] = []
-        bad = self._bad_vector_rows()
+        bad = self.store.damaged_rows(self.dim)["vector"]
         if bad:
             lost = [key for _, key, text in bad if not text]
             if lost:
@@ -604,19 +588,13 @@ class Index:
             repaired.append(f"re-encoded {len(bad)} damaged vector(s) from their text ({_keys([k for _, k, _ in bad])})")
         damaged = self.store.damaged_rows(self.dim)
         if damaged["metadata"]:
-            ids = [i for i, _, _ in damaged["metadata"]]
-            with self.store.transaction("the metadata repair"):
-                self.store.db.execute(
-                    "UPDATE items SET metadata = json_object('_damaged_metadata', metadata) "
-                    "WHERE id IN (SELECT value FROM json_each(?))", [json.dumps(ids)])
-            repaired.append(f"kept the unreadable metadata of {len(ids)} item(s) as text under _damaged_metadata "
-                            f"({_keys([k for _, k, _ in damaged['metadata']])})")
+            self.store.keep_metadata_as_text([i for i, _, _ in damaged["metadata"]])
+            repaired.append(f"kept the unreadable metadata of {len(damaged['metadata'])} item(s) as text under "
+                            f"_damaged_metadata ({_keys([k for _, k, _ in damaged['metadata']])})")
         if damaged["generation"]:
-            ids = [i for i, _, _ in damaged["generation"]]
-            with self.store.transaction("the generation repair"):
-                self.store.db.execute("UPDATE items SET generation = ? WHERE id IN (SELECT value FROM json_each(?))",
-                                      [self.store.generation(), json.dumps(ids)])
-            repaired.append(f"moved {len(ids)} item(s) from an unknown future generation to the current one")
+            self.store.adopt_generation([i for i, _, _ in damaged["generation"]])
+            repaired.append(f"moved {len(damaged['generation'])} item(s) from an unknown future generation to the "
+                            "current one")
         return repaired
 
     # -- inspection -----------------------------------------------------------------------------
@@ -667,15 +645,15 @@ class Index:
             generation = self.store.generation()
             live = self.store.ids()
             damaged = self.store.damaged_rows(self.dim)
-            bad_vectors = self._bad_vector_rows()
             file_generation = vindex.generation if vindex is not None else None
             if (vindex is not None and vindex.dim == self.dim and file_generation < generation
-                    and not damaged["vector"]):
+                    and not damaged["unreadable"]):
                 self._catch_up(vindex)  # in this snapshot: to exactly `generation`
         facts = {"count": int(len(live)), "generation": generation}
-        if bad_vectors:
-            problems.append(f"{len(bad_vectors)} item(s) have damaged, non-finite or zero vectors "
-                            f"({_keys([k for _, k, _ in bad_vectors])}); `latent rebuild` re-encodes them from their text")
+        if damaged["vector"]:
+            problems.append(f"{len(damaged['vector'])} item(s) have damaged, non-finite or zero vectors "
+                            f"({_keys([k for _, k, _ in damaged['vector']])}); `latent rebuild` re-encodes them from "
+                            "their text")
         if damaged["metadata"]:
             problems.append(f"{len(damaged['metadata'])} item(s) have metadata that is not a JSON object "
                             f"({_keys([k for _, k, _ in damaged['metadata']])}); `latent rebuild` keeps it as text")

@@ -324,17 +324,39 @@ class Store:
         return self.db.execute("SELECT count(*) FROM skipped").fetchone()[0]
 
     def damaged_rows(self, dim: int) -> dict[str, list[tuple[int, str, str | None]]]:
-        """Rows the engine cannot use, by problem: a vector blob of the wrong length, metadata
-        that is not a JSON object, a generation newer than the store's. (id, key, text) each."""
-        generation = self.generation()
+        """Rows the engine cannot use, by problem, as (id, key, text) in id order:
+        "vector" (a blob of the wrong length, or non-finite or zero values), "unreadable" (the
+        wrong-length blobs among those, which cannot even be read as vectors), "metadata" (not
+        a JSON object) and "generation" (newer than the store's)."""
         queries = {
-            "vector": ("length(vector) != ?", [4 * dim]),
+            "unreadable": ("length(vector) != ?", [4 * dim]),
             "metadata": ("NOT json_valid(metadata) OR json_type(metadata) != 'object'", []),
-            "generation": ("generation > ?", [generation]),
+            "generation": ("generation > ?", [self.generation()]),
         }
-        return {problem: [tuple(r) for r in self.db.execute(
-                    f"SELECT id, key, text FROM items WHERE {where} ORDER BY id", params).fetchall()]
-                for problem, (where, params) in queries.items()}
+        found = {problem: self._rows_where(where, params) for problem, (where, params) in queries.items()}
+        senseless = []  # readable vectors with no direction: NaN, infinite or all zeros
+        for ids, vectors in self.iter_vectors(dim, skip_damaged=True):
+            norms = np.linalg.norm(vectors, axis=1)
+            senseless += ids[~np.isfinite(norms) | (norms == 0)].tolist()
+        more = self._rows_where("id IN (SELECT value FROM json_each(?))", [_json_ids(senseless)]) if senseless else []
+        found["vector"] = sorted(found["unreadable"] + more)
+        return found
+
+    def _rows_where(self, where: str, params: Sequence) -> list[tuple[int, str, str | None]]:
+        return [tuple(r) for r in self.db.execute(
+            f"SELECT id, key, text FROM items WHERE {where} ORDER BY id", list(params)).fetchall()]
+
+    def keep_metadata_as_text(self, ids: Sequence[int]) -> None:
+        """Replace unreadable metadata by {"_damaged_metadata": <its text>} (a repair)."""
+        with self.transaction("the metadata repair"):
+            self.db.execute("UPDATE items SET metadata = json_object('_damaged_metadata', metadata) "
+                            "WHERE id IN (SELECT value FROM json_each(?))", [_json_ids(ids)])
+
+    def adopt_generation(self, ids: Sequence[int]) -> None:
+        """Move rows to the store's current generation (a repair of rows from a future one)."""
+        with self.transaction("the generation repair"):
+            self.db.execute("UPDATE items SET generation = ? WHERE id IN (SELECT value FROM json_each(?))",
+                            [self.generation(), _json_ids(ids)])
 
     def set_vectors(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Replace the stored vectors of `ids` (a repair: the generation stays)."""
