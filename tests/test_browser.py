@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,7 @@ from PIL import Image  # noqa: E402
 from indexer import Index, Record  # noqa: E402
 from indexer.images import read_images  # noqa: E402
 
-from conftest import word_records  # noqa: E402
+from conftest import running, word_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -72,31 +69,12 @@ def index_dirs(tmp_path_factory, glove_words, sentences, photo_files) -> list[Pa
     return [root / "words", root / "photos", root / "sentences"]
 
 
-def _serve(directories, token=None):
-    """The real app (search.server.create_app) under uvicorn on a free loopback port, in a thread."""
-    from search.server import create_app
-
-    app = create_app([str(d) for d in directories], token=token)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.02)
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", srv, thread, sock
-
-
 @pytest.fixture(scope="module")
 def server(index_dirs):
-    url, srv, thread, sock = _serve(index_dirs)
-    yield url
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    from search.server import create_app
+
+    with running(create_app([str(d) for d in index_dirs])) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -377,8 +355,9 @@ def test_the_token_comes_from_the_address_and_goes_with_every_request(browser, i
     import urllib.error
     import urllib.request
 
-    url, srv, thread, sock = _serve(index_dirs, token=TOKEN)
-    try:
+    from search.server import create_app
+
+    with running(create_app([str(d) for d in index_dirs], token=TOKEN)) as url:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{url}/api/indexes", timeout=10)
         assert refused.value.code == 401
@@ -401,10 +380,6 @@ def test_the_token_comes_from_the_address_and_goes_with_every_request(browser, i
             assert not errors, errors
         finally:
             context.close()
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def test_dark_mode(server, browser):

@@ -25,7 +25,6 @@ import json
 import os
 import queue
 import random
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import word_records
+from conftest import sql, store_generation, word_records
 
 import indexer.vector_index as vx
 from indexer import Index
@@ -48,18 +47,6 @@ QUERIES = ("king", "france", "computer", "river", "music")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def sql(directory, query, params=()):
-    conn = sqlite3.connect(str(Path(directory) / "latent.db"))
-    try:
-        return conn.execute(query, params).fetchall()
-    finally:
-        conn.close()
-
-
-def store_generation(directory) -> int:
-    return int(json.loads(sql(directory, "SELECT value FROM manifest WHERE key = 'generation'")[0][0]))
-
-
 def file_identity(directory) -> tuple[int, int]:
     """Which vectors.faiss this is: inode numbers are reused by later files, so with its mtime."""
     st = os.stat(Path(directory) / vx.FILE_NAME)
@@ -150,24 +137,12 @@ def next_line(lines: queue.Queue, timeout: float, what: str) -> str:
 
 
 # -- the writer ------------------------------------------------------------------------------------
-# argv: directory, plan (JSON file), duration (s), pause per batch (s), at least N generations, at most (s),
-# optionally a file to wait for before starting ("" for none) and a file that, while it exists, holds the
-# writer (and so the lock) after each batch.
-# Runs the plan's steps until it is done, or the duration has passed and N generations are committed, or
-# the longest time has passed; prints one JSON line per committed generation.
-WRITER = textwrap.dedent("""
-    import json, os, sys, time
+# Both writing children: vectors.faiss is replaced after every committed batch, and `saves` counts it.
+SAVING_EVERY_BATCH = textwrap.dedent("""
     import indexer.index as ix
     import indexer.vector_index as vx
-    from indexer import Index, Record
-    from indexer.lock import WriteLock
 
-    directory, plan_file, duration, pause = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-    at_least, at_most = int(sys.argv[5]), float(sys.argv[6])  # generations to commit, seconds (a loaded machine)
-    go_file = sys.argv[7] if len(sys.argv) > 7 and sys.argv[7] else None
-    hold_file = sys.argv[8] if len(sys.argv) > 8 else None
-    plan = json.load(open(plan_file))
-    ix.SAVE_EVERY_S = 0  # vectors.faiss is replaced after every committed batch
+    ix.SAVE_EVERY_S = 0
     saves = 0
     real_save = vx.VectorIndex.save
 
@@ -177,6 +152,24 @@ WRITER = textwrap.dedent("""
         return real_save(self, *args, **kwargs)
 
     vx.VectorIndex.save = counting_save
+""")
+
+
+# argv: directory, plan (JSON file), duration (s), pause per batch (s), at least N generations, at most (s),
+# optionally a file to wait for before starting ("" for none) and a file that, while it exists, holds the
+# writer (and so the lock) after each batch.
+# Runs the plan's steps until it is done, or the duration has passed and N generations are committed, or
+# the longest time has passed; prints one JSON line per committed generation.
+WRITER = SAVING_EVERY_BATCH + textwrap.dedent("""
+    import json, os, sys, time
+    from indexer import Index, Record
+    from indexer.lock import WriteLock
+
+    directory, plan_file, duration, pause = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    at_least, at_most = int(sys.argv[5]), float(sys.argv[6])  # generations to commit, seconds (a loaded machine)
+    go_file = sys.argv[7] if len(sys.argv) > 7 and sys.argv[7] else None
+    hold_file = sys.argv[8] if len(sys.argv) > 8 else None
+    plan = json.load(open(plan_file))
     lock_waits = []  # seconds each acquisition of the writer lock waited (readers repairing hold it briefly)
     real_acquire = WriteLock.acquire
 
@@ -631,22 +624,10 @@ def test_second_writer_times_out_then_waits_and_succeeds(tmp_path, glove_words, 
 
 # -- 3. vectors.faiss replaced under an open reader ---------------------------------------------------------
 # argv: directory. Reads JSON commands on stdin: add (batches, pause), delete, rebuild; answers one JSON line each.
-STEPPER = textwrap.dedent("""
+STEPPER = SAVING_EVERY_BATCH + textwrap.dedent("""
     import json, sys, time
-    import indexer.index as ix
-    import indexer.vector_index as vx
     from indexer import Index, Record
 
-    ix.SAVE_EVERY_S = 0
-    saves = 0
-    real_save = vx.VectorIndex.save
-
-    def counting_save(self, *args, **kwargs):
-        global saves
-        saves += 1
-        return real_save(self, *args, **kwargs)
-
-    vx.VectorIndex.save = counting_save
     index = Index.open(sys.argv[1])
     print("ready", flush=True)
     for line in sys.stdin:

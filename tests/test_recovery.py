@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from indexer.errors import LockTimeout, StorageError
 from indexer.lock import WriteLock
 from search import search
 
-from conftest import word_records
+from conftest import sql, store_generation, word_records
 
 QUERIES = ("king", "france", "computer", "river", "music")
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,21 +45,8 @@ def vec_bytes(directory) -> bytes:
     return vec_path(directory).read_bytes()
 
 
-def sql(directory, query, params=()):
-    """A query on latent.db through a separate, plain sqlite3 connection."""
-    conn = sqlite3.connect(str(Path(directory) / "latent.db"))
-    try:
-        return conn.execute(query, params).fetchall()
-    finally:
-        conn.close()
-
-
 def store_keys(directory) -> set[str]:
     return {k for (k,) in sql(directory, "SELECT key FROM items")}
-
-
-def store_generation(directory) -> int:
-    return int(json.loads(sql(directory, "SELECT value FROM manifest WHERE key = 'generation'")[0][0]))
 
 
 def recorded_generation(directory):

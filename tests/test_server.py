@@ -12,15 +12,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
 from PIL import Image
@@ -29,7 +26,7 @@ from indexer import Index
 from indexer.images import read_images
 from search.server import STATIC_DIR, Limits, ServeError, check_bind, create_app, name_indexes
 
-from conftest import png_bomb, word_records
+from conftest import png_bomb, running, word_records
 
 skdata = pytest.importorskip("skimage.data")
 schemathesis = pytest.importorskip("schemathesis")
@@ -41,26 +38,6 @@ PHOTOS = {"chelsea": "chelsea.jpg", "coffee": "coffee.jpg", "rocket": "rocket.jp
 
 
 # -- servers and indexes ------------------------------------------------------------------------------
-@contextmanager
-def running(app):
-    """Serve `app` with uvicorn on a free loopback port in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).convert("RGB").save(out, format="JPEG", quality=quality)
