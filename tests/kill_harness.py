@@ -78,7 +78,10 @@ class KillHarness:
         assert out.returncode == 0, out.stderr
 
     def _env(self, failpoint: str | None = None) -> dict:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "LATENT_SAVE_EVERY_S": "0.05", "LATENT_LOCK_TIMEOUT": "10"}
+        # a failpoint run saves after every batch, so that its N-th save surely comes; a random-moment run
+        # saves every 50 ms, so that kills also land between saves
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "LATENT_SAVE_EVERY_S": "0" if failpoint else "0.05",
+               "LATENT_LOCK_TIMEOUT": "10"}
         env.pop("LATENT_FAILPOINTS", None)
         if failpoint:
             env["LATENT_FAILPOINTS"] = failpoint
