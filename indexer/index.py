@@ -188,6 +188,15 @@ class Index:
             self.refresh()
         return self._vectors
 
+    def load_vectors(self) -> vx.VectorIndex:
+        """The vector index as loaded (and repaired) on first use, without checking the store
+        for newer writes: readers call `refresh()` inside their read transaction."""
+        if self._vectors is None:
+            self._vectors = self._load_vectors()
+        return self._vectors
+
+    loaded_vectors = property(load_vectors)
+
     def refresh(self) -> None:
         """Catch the loaded vector index up with writes made since (by this or another process)."""
         if self._vectors is not None and self.store.generation() != self._vectors.generation:

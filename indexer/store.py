@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -72,6 +74,16 @@ def _connect(path: Path) -> sqlite_utils.Database:
     return db
 
 
+ROW_CACHE_BYTES = 64 << 20  # rows of recent hits kept in memory, per open store (see Store.cached_rows)
+_ROW_OVERHEAD = 400  # bytes of a cached row beyond its strings (tuple, ints, small dicts), roughly
+_BOUND_IDS = 256  # up to this many ids are bound as parameters (one cached statement per count)
+
+
+@lru_cache(maxsize=_BOUND_IDS)
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
 def _json_ids(ids: Sequence[int]) -> str:
     return json.dumps([int(i) for i in ids])
 
@@ -81,7 +93,12 @@ class Store:
 
     def __init__(self, db: sqlite_utils.Database, path: Path):
         self.db = db
+        self.conn = db.conn  # the hot read path calls sqlite3 directly (sqlite-utils' execute parses each SQL)
         self.path = path
+        self._row_cache: dict[int, tuple] = {}  # rows of hits, valid for one generation (see cached_rows)
+        self._row_cache_generation = -1
+        self._row_cache_bytes = 0
+        self._row_cache_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -132,6 +149,7 @@ class Store:
     def transaction(self, what: str) -> Iterator[None]:
         """One write transaction. A failure to write (a full disk, an I/O error) rolls it back
         and raises StorageError saying so; after the commit, the `commit` failpoint."""
+        self._forget_rows()
         try:
             with self.db.atomic():
                 yield
@@ -140,19 +158,21 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise StorageError(f"could not write {self.path} ({e}); {what} was rolled back, "
                                "nothing of it is stored") from e
+        finally:
+            self._forget_rows()  # and again: a search in another thread may have read rows meanwhile
         failpoints.hit("commit")
 
     @contextmanager
     def snapshot(self) -> Iterator["Store"]:
         """A read transaction: every query inside sees one generation of the store."""
-        if self.db.conn.in_transaction:
+        if self.conn.in_transaction:
             yield self
             return
-        self.db.execute("BEGIN")
+        self.conn.execute("BEGIN")
         try:
             yield self
         finally:
-            self.db.execute("COMMIT")
+            self.conn.execute("COMMIT")
 
     # -- manifest ----------------------------------------------------------------------------
     def _set(self, key: str, value) -> None:
@@ -171,8 +191,8 @@ class Store:
                 self._set(key, value)
 
     def generation(self) -> int:
-        row = self.db.execute("SELECT value FROM manifest WHERE key = 'generation'").fetchone()
-        return int(json.loads(row[0])) if row else 0
+        row = self.conn.execute("SELECT value FROM manifest WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0  # stored as JSON: an integer's JSON is its digits
 
     def _bump_generation(self) -> int:
         generation = self.generation() + 1
@@ -261,15 +281,62 @@ class Store:
 
     def fetch(self, ids: Sequence[int]) -> dict[int, dict]:
         """id -> {key, kind, text, path, metadata} for the ids that exist."""
+        return {i: {"key": key, "kind": kind, "text": text, "path": path, "metadata": meta}
+                for i, (key, kind, text, path, meta) in self.rows(ids).items()}
+
+    def rows(self, ids: Sequence[int]) -> dict[int, tuple[str, str, str | None, str | None, dict]]:
+        """id -> (key, kind, text, path, metadata) for the ids that exist: `fetch` as tuples,
+        for the query path (a search's few hits are one cached statement with bound ids)."""
         out = {}
+        ids = [int(i) for i in ids]
         for start in range(0, len(ids), _CHUNK):
-            rows = self.db.execute(
-                "SELECT id, key, kind, text, path, metadata FROM items WHERE id IN (SELECT value FROM json_each(?))",
-                [_json_ids(ids[start:start + _CHUNK])],
-            ).fetchall()
-            for i, key, kind, text, path, meta in rows:
-                out[i] = {"key": key, "kind": kind, "text": text, "path": path, "metadata": json.loads(meta)}
+            chunk = ids[start:start + _CHUNK]
+            if len(chunk) <= _BOUND_IDS:
+                sql = f"SELECT id, key, kind, text, path, metadata FROM items WHERE id IN ({_marks(len(chunk))})"
+                cursor = self.conn.execute(sql, chunk)
+            else:
+                cursor = self.conn.execute(
+                    "SELECT id, key, kind, text, path, metadata FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                    [json.dumps(chunk)])
+            for i, key, kind, text, path, meta in cursor:
+                out[i] = (key, kind, text, path, {} if meta == "{}" else json.loads(meta))
         return out
+
+    def cached_rows(self, ids: Sequence[int], generation: int) -> dict[int, tuple]:
+        """`rows(ids)` as of `generation` (the store's, read in the caller's snapshot), served
+        from memory where an earlier search of that generation read them: every write bumps
+        the generation, so a row cached for one generation is that generation's row. The cache
+        holds up to ROW_CACHE_BYTES of rows and starts over when it is full or stale."""
+        cache = self._row_cache
+        if generation != self._row_cache_generation:
+            with self._row_cache_lock:
+                cache.clear()
+                self._row_cache_generation, self._row_cache_bytes = generation, 0
+        out, missing = {}, []
+        for i in ids:
+            row = cache.get(i)
+            if row is None:
+                missing.append(i)
+            else:
+                out[i] = row
+        if missing:
+            fetched = self.rows(missing)
+            out.update(fetched)
+            size = sum(_ROW_OVERHEAD + len(r[0]) + len(r[2] or "") + len(r[3] or "") for r in fetched.values())
+            with self._row_cache_lock:
+                if self._row_cache_generation == generation:
+                    if self._row_cache_bytes + size > ROW_CACHE_BYTES:
+                        cache.clear()
+                        self._row_cache_bytes = 0
+                    cache.update(fetched)
+                    self._row_cache_bytes += size
+        return out
+
+    def _forget_rows(self) -> None:
+        """Drop cached rows: this process wrote (a write that keeps the generation included)."""
+        with self._row_cache_lock:
+            self._row_cache.clear()
+            self._row_cache_generation, self._row_cache_bytes = -1, 0
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """Stored vectors of `ids`, in that order (all must exist)."""

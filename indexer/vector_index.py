@@ -13,7 +13,6 @@ import os
 import re
 import struct
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -107,6 +106,9 @@ class VectorIndex:
         self.generation = generation
         self.tombstones = np.zeros(0, dtype=np.int64) if tombstones is None else np.asarray(tombstones, np.int64)
         self.params = {**DEFAULT_PARAMS, **(params or {})}
+        self._hnsw = _hnsw_of(index)
+        self._ivf = faiss.try_extract_index_ivf(index)
+        self._plain_params: dict[int, object] = {}  # search parameters without a selector, by k
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -230,14 +232,29 @@ class VectorIndex:
         if len(self.tombstones):
             hide = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.tombstones))
             selector = hide if selector is None else faiss.IDSelectorAnd(selector, hide)
-        with _threads_for(len(queries)):
-            scores, ids = self.index.search(queries, k, params=self._search_params(selector, k, thorough))
+        if selector is None and not thorough:  # the common case: parameters reused while they stay the same
+            key = (k, self.params["efSearch"], self.params["nprobe"])
+            params = self._plain_params.get(key)
+            if params is None:
+                if len(self._plain_params) > 64:
+                    self._plain_params.clear()
+                params = self._plain_params[key] = self._search_params(None, k)
+        else:
+            params = self._search_params(selector, k, thorough)
+        one_thread = len(queries) < SMALL_BATCH and not _OMP_FROM_ENV
+        before = faiss.omp_get_max_threads() if one_thread else 1
+        if one_thread and before != 1:
+            faiss.omp_set_num_threads(1)
+        try:
+            scores, ids = self.index.search(queries, k, params=params)
+        finally:
+            if one_thread and before != 1:
+                faiss.omp_set_num_threads(before)
         ids[~np.isfinite(scores)] = -1
         return scores, ids
 
     def _search_params(self, selector, k: int, thorough: bool = False):
-        inner = _hnsw_of(self.index)
-        ivf = faiss.try_extract_index_ivf(self.index)
+        inner, ivf = self._hnsw, self._ivf
         if inner is not None:
             ef = max(int(self.params["efSearch"]), k) + (len(self.tombstones) if thorough else 0)
             params = faiss.SearchParametersHNSW(efSearch=ef)
@@ -364,24 +381,12 @@ def _checksum(fields: dict, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(json.dumps(fields, sort_keys=True).encode()))
 
 
-SMALL_BATCH = 20  # fewer queries than this run on one OpenMP thread
-
-
-@contextmanager
-def _threads_for(n_queries: int) -> Iterator[None]:
-    """One OpenMP thread for a few queries, unless OMP_NUM_THREADS says otherwise: a team of
-    threads gains nothing on one query and, on a busy machine, spins (a flat search over
-    100,000 GloVe words took 25 ms with 2 threads and 0.9 ms with 1). The count is per
-    calling thread in OpenMP, so concurrent callers (the server's workers) do not interfere."""
-    if n_queries >= SMALL_BATCH or os.environ.get("OMP_NUM_THREADS"):
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
+# Fewer queries than this run on one OpenMP thread, unless OMP_NUM_THREADS says otherwise: a
+# team of threads gains nothing on one query and, on a busy machine, spins (a flat search over
+# 100,000 GloVe words took 25 ms with 2 threads and 0.9 ms with 1). The count is per calling
+# thread in OpenMP, so concurrent callers (the server's workers) do not interfere.
+SMALL_BATCH = 20
+_OMP_FROM_ENV = bool(os.environ.get("OMP_NUM_THREADS"))
 
 
 def _hnsw_of(index):

@@ -24,7 +24,7 @@ EXACT_SCAN_MAX = 20_000
 MAX_K = 100_000  # a larger k is refused; a k above the item count returns every item
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     """One result: rank (1-based), key, score (cosine similarity), metadata, text, kind."""
 
@@ -93,23 +93,24 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
     queries = normalize(index.check_vectors(vectors))
     if len(queries) and not queries.any(axis=1).all():
         raise InputError("the query vector is all zeros: it has no direction to search by")
-    _ = index.vectors  # load (a repair may write) before the read transaction
+    index.load_vectors()  # load (a repair may write) before the read transaction
     with index.store.snapshot():  # one generation: the filter, the vector search and the rows of its hits
+        index.refresh()
         allowed = matching_ids(index, where)
         if exclude_keys:
             found = index.store.lookup(list(exclude_keys))
-            excluded = np.array([v[0] for v in found.values()], dtype=np.int64)
+            excluded = {v[0] for v in found.values()}
             if allowed is not None:
-                allowed = np.setdiff1d(allowed, excluded)
+                allowed = np.setdiff1d(allowed, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
         else:
-            excluded = np.zeros(0, dtype=np.int64)
+            excluded = set()
         want = k + len(excluded) if allowed is None else k
-        scores, ids = _nearest(index, queries, want, allowed)  # index.vectors catches up to this snapshot
-        return [_to_hits(index, s, i, k, excluded) for s, i in zip(scores, ids)]
+        scores, ids = _nearest(index, queries, want, allowed)
+        return _to_hits(index, scores, ids, k, excluded)
 
 
 def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    vindex = index.vectors
+    vindex = index.loaded_vectors  # current: the caller refreshed it inside its snapshot
     k = min(k, max(vindex.ntotal, 1))  # a k beyond the item count asks for every item
     if allowed is not None and len(allowed) <= EXACT_SCAN_MAX and not vindex.exact:
         return _exact_scan(index, queries, allowed, k)
@@ -170,19 +171,27 @@ def _rerank(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple
     return out_s, out_i
 
 
-def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded: np.ndarray) -> list[Hit]:
-    keep = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0 and i not in excluded]
-    rows = index.store.fetch([i for _, i in keep])
-    hits = []
-    for score, item_id in keep:
-        row = rows.get(item_id)
-        if row is None:  # deleted by another process since the vector index was read
-            continue
-        hits.append(Hit(rank=len(hits) + 1, key=row["key"], score=score, metadata=row["metadata"],
-                        text=row["text"], id=item_id, kind=row["kind"]))
-        if len(hits) == k:
-            break
-    return hits
+def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded: set[int]) -> list[list[Hit]]:
+    """Hits for each query's (scores, ids) row; the rows of all queries' ids are read at once."""
+    ids_list = ids.tolist()
+    scores_list = scores.tolist()
+    wanted = {i for row in ids_list for i in row if i >= 0}
+    rows = index.store.cached_rows(sorted(wanted), index.loaded_vectors.generation)
+    out = []
+    for row_scores, row_ids in zip(scores_list, ids_list):
+        hits: list[Hit] = []
+        for score, item_id in zip(row_scores, row_ids):
+            if item_id < 0 or item_id in excluded:
+                continue
+            row = rows.get(item_id)
+            if row is None:  # deleted by another process since the vector index was read
+                continue
+            key, kind, text, _path, metadata = row
+            hits.append(Hit(len(hits) + 1, key, score, metadata, text, item_id, kind))
+            if len(hits) == k:
+                break
+        out.append(hits)
+    return out
 
 
 __all__ = ["Hit", "search", "similar", "search_vectors", "encode_query", "encode_image", "matching_ids"]

@@ -538,14 +538,14 @@ def test_search_returns_k_hits_when_a_writer_deletes_during_it(make_word_index, 
     reader, writer = Index.open(directory), Index.open(directory)
     before = [h.key for h in search(reader, "king", k=10)]
     deleted = []
-    real_fetch = reader.store.fetch
+    real_rows = reader.store.cached_rows
 
-    def fetch_after_a_delete(ids):
+    def rows_after_a_delete(ids, generation):
         if not deleted:
             deleted.append(writer.delete(before[1:8]))  # another connection commits a deletion
-        return real_fetch(ids)
+        return real_rows(ids, generation)
 
-    monkeypatch.setattr(reader.store, "fetch", fetch_after_a_delete)
+    monkeypatch.setattr(reader.store, "cached_rows", rows_after_a_delete)
     hits = search(reader, "king", k=10)
     reader.close()
     writer.close()

@@ -175,3 +175,27 @@ def test_training_rebuild_is_saved_after_periodic_saves(tmp_path, glove_words, m
     assert reopened.info()["faiss_factory"].startswith("IVF")
     assert reopened.vectors.factory.startswith("IVF") and reopened.recovered is None
     assert reopened.check()["ok"]
+
+
+def test_rows_cached_by_searches_follow_every_write(make_word_index, glove_words):
+    """A search serves the rows of its hits from memory while the generation stays the same;
+    a metadata update, a deletion or an upsert by this handle or by another one is seen by
+    the very next search."""
+    index = make_word_index(n=300, metadata=lambda w, i: {"n": i})
+    other = Index.open(index.directory)
+    try:
+        first = search(index, "king", k=5)
+        assert search(index, "king", k=5) == first
+        top = first[0].key
+        # the same text with new metadata: the row keeps its id, only the metadata changes
+        other.add(word_records([top], metadata=lambda w, i: {"n": -1, "by": "other"}))
+        again = search(index, "king", k=5)
+        assert again[0].key == top and again[0].metadata == {"n": -1, "by": "other"}
+        index.add(word_records([top], metadata=lambda w, i: {"n": -2}))
+        assert search(index, "king", k=5)[0].metadata == {"n": -2}
+        other.delete([top])
+        assert top not in [h.key for h in search(index, "king", k=5)]
+        assert index.store._row_cache_bytes > 0  # the cache is in use, not bypassed
+    finally:
+        other.close()
+        index.close()
