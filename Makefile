@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast clean-cache browser
+.PHONY: install demo test test-fast clean-cache browser bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ test: $(STAMP) browser
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
+
+# The performance benchmarks (README "Performance"): long (about an hour on 2 cores) and they
+# install the peers they compare against (hnswlib, chromadb) into .venv.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[test,bench]'
+	$(BIN)/python benchmarks/bench_ann.py
+	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_latency.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean-cache:
 	rm -rf "$${LATENT_CACHE_DIR:-$$HOME/.cache/latent}"

@@ -202,21 +202,28 @@ def cli(quiet: bool, debug: bool):
 @cli.command()
 @index_dir
 @click.option("--encoder", "-e", default="minilm", show_default=True,
-              help="minilm, glove, or st:<sentence-transformers name or path>.")
+              help="minilm, glove, efficientnet, conse, st:<name or path>, clip:<arch>/<pretrained>, or "
+                   "vectors:<dim> for vectors made elsewhere (`latent encoders` lists them).")
 @click.option("--index", "index_type", default="auto", show_default=True, metavar="TYPE",
-              help="flat, hnsw, ivf, ivfpq, auto (exact while small, HNSW beyond), or a FAISS factory string.")
-def create(directory: Path, encoder: str, index_type: str):
+              help="flat, hnsw, ivf, ivfpq, auto (exact up to 2^25 floats, e.g. 87k 384-d items; HNSW32 up to "
+                   "2^30; IVF-PQ re-ranked beyond), or a FAISS factory string.")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), metavar="R",
+              help="Tune search parameters to reach recall@10 >= R on held-out items whenever the index is "
+                   "built as an approximate type, and again each time it doubles.")
+def create(directory: Path, encoder: str, index_type: str, target_recall: float | None):
     """Create an empty index in DIRECTORY.
 
     \b
     Example:
         latent create words --encoder glove --index hnsw
+        latent create big --index auto --target-recall 0.95
     """
     from indexer import Index
 
-    with Index.create(directory, encoder=encoder, index_type=index_type) as index:
+    with Index.create(directory, encoder=encoder, index_type=index_type, target_recall=target_recall) as index:
         info = index.info()
-    click.echo(f"Created {directory}: encoder {info['encoder']} ({info['dim']}-d), index {info['index_type']}")
+    target = f", tuned to recall@10 >= {target_recall}" if target_recall else ""
+    click.echo(f"Created {directory}: encoder {info['encoder']} ({info['dim']}-d), index {info['index_type']}{target}")
 
 
 @cli.command()
@@ -446,6 +453,45 @@ def rebuild(ctx, directory: Path):
         click.echo(f"Repaired: {line}")
     click.echo(f"Rebuilt {directory}: {facts['count']} items, {facts['faiss_factory']}, "
                f"generation {facts['generation']} in {time.perf_counter() - started:.1f}s")
+
+
+@cli.command()
+@index_dir
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), metavar="R",
+              help="Recall@10 to reach (kept for re-tuning as the index grows). [default: the index's own]")
+@json_option
+@click.pass_context
+def tune(ctx, directory: Path, target_recall: float | None, as_json: bool):
+    """Tune the search parameters of DIRECTORY to a recall target, measured on held-out items.
+
+    The vector index is rebuilt without a random sample of 1,000 items (a tenth of a small
+    index), whose exact neighbours are found meanwhile; the cheapest efSearch (HNSW), nprobe
+    (IVF) or nprobe and re-ranking depth (IVF-PQ) reaching the target is kept in the manifest,
+    and the sample is added back. The index is re-tuned each time it has doubled.
+
+    \b
+    Example:
+        latent tune notes --target-recall 0.95
+    """
+    from indexer import Index
+
+    progress = _progress(ctx)
+    with Index.open(directory) as index:
+        try:
+            record = index.tune(target_recall, progress=progress)
+        finally:
+            progress.close()
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    if record.get("note"):
+        click.echo(f"{directory}: {record['note']} (target {record['target_recall']} kept)")
+        return
+    params = ", ".join(f"{k} {v}" for k, v in record["params"].items())
+    verdict = "reached" if record["reached"] else "NOT reached: these are the most thorough settings tried"
+    click.echo(f"Tuned {directory} ({record['factory']}, {record['count']:,} items): {params}; recall@{record['k']} "
+               f"{record['recall']:.3f} on {record['queries']:,} held-out items, goal {record['goal']:.3f} "
+               f"for target {record['target_recall']} ({verdict}); {record['seconds']:.1f}s of measuring")
 
 
 @cli.command("map")

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from . import tuning
 from . import vector_index as vx
 from .encoders import Encoder, canonical_name, get_encoder
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
@@ -84,13 +85,20 @@ class Index:
         self._encoder: Encoder | None = None
         self._lock = WriteLock(self.directory)
         self.recovered: str | None = None  # what opening had to repair, if anything
+        self._tuned: dict | None = None  # measured by the last build with tuning, until stored
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
     def create(cls, directory: str | Path, *, encoder: str | Encoder = "minilm", index_type: str = "auto",
-               params: dict | None = None) -> "Index":
-        """Create an empty index in `directory` (created if needed; must not hold an index)."""
+               params: dict | None = None, target_recall: float | None = None) -> "Index":
+        """Create an empty index in `directory` (created if needed; must not hold an index).
+
+        With `target_recall`, search parameters are tuned to reach that recall@10 on held-out
+        items whenever the vector index is built as an approximate type, and again each time
+        the index has doubled (see indexer/tuning.py)."""
         directory = Path(directory)
+        if target_recall is not None:
+            target_recall = tuning.check_target(target_recall)
         if (directory / DB_NAME).exists():
             raise IndexExists(f"{directory} already holds an index; open it, or choose another directory")
         enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
@@ -100,7 +108,7 @@ class Index:
             store = Store.create(directory, {
                 "encoder": enc.name, "encoder_version": enc.version, "dim": enc.dim,
                 "modalities": list(enc.modalities), "metric": "ip", "index_type": index_type,
-                "search_params": {**vx.DEFAULT_PARAMS, **(params or {})},
+                "search_params": {**vx.DEFAULT_PARAMS, **(params or {})}, "target_recall": target_recall,
             })
             index = cls(directory, store)
             index._encoder = enc
@@ -244,24 +252,117 @@ class Index:
             vindex.add(ids, vectors)
         vindex.generation = generation
 
-    def _build_vectors(self, progress: Progress = _no_progress) -> vx.VectorIndex:
+    def _build_vectors(self, progress: Progress = _no_progress, *, tune: bool = False) -> vx.VectorIndex:
+        """Build the vector index from the store. With `tune` (writers only) and a recall target,
+        an approximate index is built without a held-out sample, tuned on it, then completed;
+        what was measured waits in `self._tuned` for `_record_tuning`."""
+        self._tuned = None
         with self.store.snapshot():
             generation = self.store.generation()
             n = self.store.count()
+            target = self.manifest.get("target_recall") if tune else None
+            approximate = vx.planned_factory(self.index_type, n, self.dim) != "Flat"
+            held = np.zeros(0, dtype=np.int64)
+            if target is not None and approximate and tuning.holdout_size(n):
+                ids = self.store.ids()
+                rng = np.random.default_rng(generation)
+                held = np.sort(rng.choice(ids, size=tuning.holdout_size(n), replace=False))
+                held_vectors = self.store.vectors(held, self.dim)
+                exact = tuning.ExactNeighbours(held_vectors, tuning.K)
 
             def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-                yield from self.store.iter_vectors(self.dim)
+                for ids, vectors in self.store.iter_vectors(self.dim):
+                    if len(held):
+                        keep = ~np.isin(ids, held)
+                        ids, vectors = ids[keep], vectors[keep]
+                        exact.add(ids, vectors)
+                    yield ids, vectors
 
             def sample(count: int) -> np.ndarray:  # training vectors, for index types that train
-                ids = self.store.ids()
+                ids = np.setdiff1d(self.store.ids(), held, assume_unique=True)
                 chosen = np.sort(np.random.default_rng(0).choice(ids, size=min(count, len(ids)), replace=False))
                 return self.store.vectors(chosen, self.dim)
 
             progress("index", 0, n)
             vindex = vx.VectorIndex.build(self.index_type, self.dim, n, blocks, params=self.params,
                                           sample=sample, progress=lambda m: progress("index", m, n))
+            if len(held):
+                progress("tune", 0, None)
+                self._tuned = tuning.tune(vindex, held_vectors, exact.ids, target, self.rerank)
+                self._tuned.update(count=n, generation=generation, factory=vindex.factory,
+                                   at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                vindex.add(held, held_vectors)
+                progress("index", len(held), n)
         vindex.generation = generation
         return vindex
+
+    def _record_tuning(self) -> None:
+        """Store the parameters and figures of the tuning done by the last build, if any."""
+        if self._tuned is not None:
+            params = {**self.params, **self._tuned["params"]}
+            self.store.set_manifest(search_params=params, tuning=self._tuned)
+            self.manifest = self.store.manifest()
+            self._tuned = None
+
+    def rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of approximate candidates (rows of item ids, -1 for none) from the stored
+        vectors: the best k of each row, best first, padded with -1."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_i = np.full((len(queries), k), -1, dtype=np.int64)
+        valid = np.unique(ids[ids >= 0])
+        if len(valid) == 0:
+            return out_s, out_i
+        vectors = self.store.vectors(valid, self.dim)
+        rows = max(1, (1 << 24) // max(ids.shape[1] * self.dim, 1))  # about 64 MiB of gathered vectors at once
+        for start in range(0, len(queries), rows):
+            block = ids[start:start + rows]
+            gathered = vectors[np.searchsorted(valid, np.where(block >= 0, block, valid[0]))]
+            scores = np.einsum("rcd,rd->rc", gathered, queries[start:start + rows])
+            scores[block < 0] = -np.inf
+            ordered = np.sort(block, axis=1)
+            for r in np.flatnonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1)):
+                seen: set[int] = set()  # an id twice in a row (never from FAISS itself): keep one
+                for j, item in enumerate(block[r].tolist()):
+                    if item in seen:
+                        scores[r, j] = -np.inf
+                    seen.add(item)
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            width = top.shape[1]
+            out_s[start:start + rows, :width] = np.take_along_axis(scores, top, axis=1)
+            out_i[start:start + rows, :width] = np.take_along_axis(block, top, axis=1)
+        out_i[~np.isfinite(out_s)] = -1
+        return out_s, out_i
+
+    def tune(self, target_recall: float | None = None, *, progress: Progress = _no_progress) -> dict:
+        """Tune the search parameters to `target_recall` (default: the index's stored target) on
+        held-out items, rebuilding the vector index; the target is kept for later re-tuning.
+        Returns what was measured (see indexer/tuning.py)."""
+        with self._lock:
+            self.manifest = self.store.manifest()
+            target = target_recall if target_recall is not None else self.manifest.get("target_recall")
+            if target is None:
+                raise InputError(f"{self.directory} has no recall target; give one, such as --target-recall 0.95")
+            target = tuning.check_target(target)
+            if target != self.manifest.get("target_recall"):
+                self.store.set_manifest(target_recall=target)
+                self.manifest = self.store.manifest()
+            n = self.store.count()
+            factory = vx.planned_factory(self.index_type, n, self.dim)
+            if factory == "Flat" or not tuning.holdout_size(n):
+                exact = factory == "Flat"
+                record = {"target_recall": target, "recall": 1.0 if exact else None, "reached": exact,
+                          "count": n, "factory": factory, "params": {},
+                          "note": "exact search: nothing to tune" if exact else
+                                  f"fewer than {tuning.MIN_ITEMS:,} items: tuned once there are more"}
+                self.store.set_manifest(tuning=record)
+                self.manifest = self.store.manifest()
+                return record
+            self._vectors = self._build_vectors(progress, tune=True)
+            record = self._tuned
+            self._save_vectors()
+            self._record_tuning()
+        return record
 
     def _save_vectors(self) -> None:
         vindex = self._vectors
@@ -292,11 +393,14 @@ class Index:
         try:
             vindex = self._vectors
             if vindex is not None:
-                rebuilt = vindex.wants_rebuild(self.index_type, self.store.count())
+                n = self.store.count()
+                exact = vx.planned_factory(self.index_type, n, self.dim) == "Flat"
+                rebuilt = vindex.wants_rebuild(self.index_type, n) or tuning.wants_retune(self.manifest, n, exact)
                 if rebuilt:
-                    self._vectors = self._build_vectors(progress)
+                    self._vectors = self._build_vectors(progress, tune=True)
                 if rebuilt or self._vectors.generation != self.store.manifest().get("vectors_generation"):
                     self._save_vectors()
+                    self._record_tuning()
         finally:
             self._lock.release()
 
@@ -579,8 +683,9 @@ class Index:
         with self._lock:
             self.manifest = self.store.manifest()
             repaired = self._repair_rows()
-            self._vectors = self._build_vectors(progress)
+            self._vectors = self._build_vectors(progress, tune=True)
             self._save_vectors()
+            self._record_tuning()
         return repaired
 
     def _repair_rows(self) -> list[str]:
@@ -622,6 +727,8 @@ class Index:
             "dim": manifest["dim"], "metric": manifest.get("metric", "ip"),
             "index_type": manifest["index_type"], "faiss_factory": header.get("factory"),
             "search_params": manifest.get("search_params", {}),
+            "target_recall": manifest.get("target_recall"),
+            "tuning": {k: v for k, v in (manifest.get("tuning") or {}).items() if k != "tried"} or None,
             "generation": manifest["generation"], "vectors_generation": header.get("generation"),
             "size_bytes": size, "skipped_inputs": self.store.skipped_count(),
             "created": manifest.get("created"), "format_version": manifest.get("format_version"),

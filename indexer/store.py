@@ -75,6 +75,7 @@ def _connect(path: Path) -> sqlite_utils.Database:
 
 
 ROW_CACHE_BYTES = 64 << 20  # rows of recent hits kept in memory, per open store (see Store.cached_rows)
+FILTER_CACHE_ENTRIES = 32  # answers of recent filters kept per open store (see Store.ids_where)
 _ROW_OVERHEAD = 400  # bytes of a cached row beyond its strings (tuple, ints, small dicts), roughly
 _BOUND_IDS = 256  # up to this many ids are bound as parameters (one cached statement per count)
 
@@ -99,6 +100,7 @@ class Store:
         self._row_cache_generation = -1
         self._row_cache_bytes = 0
         self._row_cache_lock = threading.Lock()
+        self._filter_cache: dict[tuple, np.ndarray] = {}  # (filter SQL, params) -> ids, same generation
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -310,8 +312,7 @@ class Store:
         cache = self._row_cache
         if generation != self._row_cache_generation:
             with self._row_cache_lock:
-                cache.clear()
-                self._row_cache_generation, self._row_cache_bytes = generation, 0
+                self._reset_caches(generation)
         out, missing = {}, []
         for i in ids:
             row = cache.get(i)
@@ -332,11 +333,15 @@ class Store:
                     self._row_cache_bytes += size
         return out
 
+    def _reset_caches(self, generation: int) -> None:  # under _row_cache_lock
+        self._row_cache.clear()
+        self._filter_cache.clear()
+        self._row_cache_generation, self._row_cache_bytes = generation, 0
+
     def _forget_rows(self) -> None:
-        """Drop cached rows: this process wrote (a write that keeps the generation included)."""
+        """Drop cached rows and filter answers: this process wrote (a write that keeps the generation included)."""
         with self._row_cache_lock:
-            self._row_cache.clear()
-            self._row_cache_generation, self._row_cache_bytes = -1, 0
+            self._reset_caches(-1)
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """Stored vectors of `ids`, in that order (all must exist)."""
@@ -377,10 +382,30 @@ class Store:
         rows = self.db.execute("SELECT id FROM items ORDER BY id").fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
-    def ids_where(self, sql: str, params: Sequence) -> np.ndarray:
-        """Ids of the items matching a WHERE clause built by search.filters (bound parameters only)."""
-        rows = self.db.execute(f"SELECT id FROM items WHERE {sql}", list(params)).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+    def ids_where(self, sql: str, params: Sequence, generation: int | None = None) -> np.ndarray:
+        """Ids of the items matching a WHERE clause built by search.filters (bound parameters only).
+
+        With `generation` (the store's, read in the caller's snapshot), the answer is kept for
+        later searches with the same filter in that generation: a filter scans every row, so a
+        filter used again (a facet, a user's saved search) costs nothing the second time."""
+        key = (sql, tuple(params))
+        if generation is not None:
+            with self._row_cache_lock:
+                if generation != self._row_cache_generation:
+                    self._reset_caches(generation)
+                found = self._filter_cache.get(key)
+            if found is not None:
+                return found
+        ids = np.fromiter((r[0] for r in self.conn.execute(f"SELECT id FROM items WHERE {sql}", list(params))),
+                          dtype=np.int64)
+        ids.flags.writeable = False  # shared by later searches
+        if generation is not None:
+            with self._row_cache_lock:
+                if generation == self._row_cache_generation:
+                    if len(self._filter_cache) >= FILTER_CACHE_ENTRIES:
+                        self._filter_cache.pop(next(iter(self._filter_cache)))
+                    self._filter_cache[key] = ids
+        return ids
 
     def skipped(self, limit: int = 1000) -> list[dict]:
         rows = self.db.execute(

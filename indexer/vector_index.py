@@ -26,11 +26,17 @@ FILE_NAME = "vectors.faiss"
 MAGIC = b"LATENTVX"
 FILE_FORMAT = 1
 
-# Named index types. `auto` stays exact while the flat index is small (n * dim <= 2**25
-# floats, 128 MiB: about 87k items of 384-d, or all 400k GloVe 50-d words) and switches to
-# HNSW32 beyond. IVF types train once enough vectors exist and search exactly until then.
+# Named index types. `auto` picks by the size of the vectors held (n * dim floats; the
+# measurements behind each step are in benchmarks/bench_scale.py and the README):
+# - up to 2**25 floats (128 MiB: about 87k items of 384-d, or all 400k GloVe 50-d words): Flat,
+#   exact, and one query scans it in a few milliseconds on one core;
+# - up to 2**30 floats (4 GiB: about 2.8M items of 384-d): HNSW32, sub-millisecond queries at
+#   recall@10 ~0.95-0.99, about 4*dim + 300 bytes per item in memory;
+# - beyond: IVF-PQ (dim/4 bytes per item, 16x smaller than Flat) re-ranked exactly from the store.
+# IVF types train once enough vectors exist and search exactly until then.
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 AUTO_FLAT_MAX_FLOATS = 2**25
+AUTO_HNSW_MAX_FLOATS = 2**30
 DEFAULT_PARAMS = {"efConstruction": 128, "efSearch": 128, "nprobe": 32, "rerank": 10}
 # Factories whose scores are exact inner products of the stored vectors; any other (PQ, SQ, RQ,
 # LSH, PCA...) is re-ranked from the store's exact vectors.
@@ -61,7 +67,9 @@ def target_factory(spec: str, n: int, dim: int) -> str:
     if spec == "ivfpq":
         return f"IVF{_nlist(n)},PQ{_pq_m(dim)}"
     if spec == "auto":
-        return "Flat" if n * dim <= AUTO_FLAT_MAX_FLOATS else "HNSW32"
+        if n * dim <= AUTO_FLAT_MAX_FLOATS:
+            return "Flat"
+        return "HNSW32" if n * dim <= AUTO_HNSW_MAX_FLOATS else target_factory("ivfpq", n, dim)
     return spec
 
 
@@ -77,6 +85,13 @@ def validate_spec(spec: str, dim: int) -> None:
             f"invalid index type {spec!r} ({msg}); use one of {', '.join(INDEX_TYPES)} "
             "or a FAISS factory string such as 'HNSW32' or 'IVF1024,PQ32'"
         ) from e
+
+
+def planned_factory(spec: str, n: int, dim: int) -> str:
+    """The factory a build of n vectors makes: the type's own, or Flat until it can be trained."""
+    factory = target_factory(spec, n, dim)
+    need = train_threshold(factory, dim)
+    return "Flat" if need and n < need else factory
 
 
 def train_threshold(factory: str, dim: int) -> int:
@@ -131,12 +146,10 @@ class VectorIndex:
         An index type that needs training is trained on `sample(count)` once n reaches its
         threshold; below it the index is exact (Flat) until then.
         """
-        factory = target_factory(spec, n, dim)
+        factory = planned_factory(spec, n, dim)
         need = train_threshold(factory, dim)
-        if need and n < need:
-            factory = "Flat"
         vindex = cls.new(factory, dim, params=params)
-        if need and n >= need:
+        if need:
             ivf = faiss.try_extract_index_ivf(vindex.index)
             count = min(n, max(need, 64 * (ivf.nlist if ivf is not None else 256), 50_000))
             vindex.index.train(np.ascontiguousarray(sample(count), dtype=np.float32))
@@ -151,10 +164,10 @@ class VectorIndex:
         exact stage can become the real index type, or too many ids await purging."""
         if len(self.tombstones) > max(1000, 0.2 * self.ntotal):
             return True
-        if self.factory != "Flat":
-            return False
         target = target_factory(spec, n, self.dim)
-        if target == "Flat":
+        if spec == "auto" and _family(self.factory) not in ("Flat", _family(target)):
+            return True  # `auto` outgrew HNSW: IVF-PQ
+        if self.factory != "Flat" or target == "Flat":
             return False
         return n >= train_threshold(target, self.dim)
 
@@ -387,6 +400,10 @@ def _checksum(fields: dict, payload: bytes) -> int:
 # thread in OpenMP, so concurrent callers (the server's workers) do not interfere.
 SMALL_BATCH = 20
 _OMP_FROM_ENV = bool(os.environ.get("OMP_NUM_THREADS"))
+
+
+def _family(factory: str) -> str:
+    return "IVF" if factory.startswith("IVF") else "HNSW" if factory.startswith("HNSW") else factory
 
 
 def _hnsw_of(index):

@@ -47,12 +47,13 @@ def encode_query(index: Index, text: str) -> np.ndarray:
     return index.encoder.encode([text])[0]
 
 
-def matching_ids(index: Index, where: str | None) -> np.ndarray | None:
-    """Ids of the items a filter matches (None: no filter)."""
+def matching_ids(index: Index, where: str | None, generation: int | None = None) -> np.ndarray | None:
+    """Ids of the items a filter matches (None: no filter); with the store's `generation`, read
+    in the caller's snapshot, a filter used again in that generation is answered from memory."""
     if where is None or not where.strip():
         return None
     sql, params = parse_where(where)
-    return index.store.ids_where(sql, params)
+    return index.store.ids_where(sql, params, generation)
 
 
 def search(index: Index, query: str | np.ndarray, *, k: int = 10, where: str | None = None,
@@ -96,7 +97,7 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
     index.load_vectors()  # load (a repair may write) before the read transaction
     with index.store.snapshot():  # one generation: the filter, the vector search and the rows of its hits
         index.refresh()
-        allowed = matching_ids(index, where)
+        allowed = matching_ids(index, where, index.loaded_vectors.generation)
         if exclude_keys:
             found = index.store.lookup(list(exclude_keys))
             excluded = {v[0] for v in found.values()}
@@ -117,7 +118,7 @@ def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | No
     candidates = k * int(vindex.params.get("rerank", 10)) if vindex.lossy else k
     scores, ids = vindex.search(queries, k, allowed=allowed, candidates=candidates)
     if vindex.lossy:
-        scores, ids = _rerank(index, queries, ids, k)
+        scores, ids = index.rerank(queries, ids, k)
     if allowed is not None:
         need = min(k, len(allowed))
         short = (ids >= 0).sum(axis=1) < need
@@ -132,7 +133,7 @@ def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | No
             else:
                 s2, i2 = vindex.search(queries[short], k, candidates=candidates, thorough=True)
                 if vindex.lossy:
-                    s2, i2 = _rerank(index, queries[short], i2, k)
+                    s2, i2 = index.rerank(queries[short], i2, k)
             scores[short], ids[short] = s2, i2
     return scores, ids
 
@@ -151,23 +152,6 @@ def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> t
         order = part[row][np.argsort(-sims[row, part[row]], kind="stable")]
         out_s[row, :top] = sims[row, order]
         out_i[row, :top] = ids[order]
-    return out_s, out_i
-
-
-def _rerank(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scores for approximate candidates, from the stored vectors; best k kept."""
-    out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    out_i = np.full((len(queries), k), -1, dtype=np.int64)
-    valid = np.unique(ids[ids >= 0])
-    if len(valid) == 0:
-        return out_s, out_i
-    vectors = dict(zip(valid.tolist(), index.store.vectors(valid, index.dim)))
-    for row, q in enumerate(queries):
-        cand = [i for i in dict.fromkeys(ids[row].tolist()) if i >= 0 and i in vectors]
-        sims = np.array([float(vectors[i] @ q) for i in cand], dtype=np.float32)
-        order = np.argsort(-sims, kind="stable")[:k]
-        out_s[row, :len(order)] = sims[order]
-        out_i[row, :len(order)] = np.array(cand, dtype=np.int64)[order]
     return out_s, out_i
 
 

@@ -75,3 +75,24 @@ def test_unreachable_hub_fails_at_once_without_offline_mode(monkeypatch):
     monkeypatch.setattr(sentence, "_hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(EncoderUnavailable, match="hub cannot be reached.*minilm"):
         get_encoder("st:some-org/model-that-is-not-on-this-machine")
+
+
+def test_precomputed_vectors_encoder(tmp_path):
+    """`vectors:<dim>`: an index of vectors made elsewhere, searched by vector or key; text is refused."""
+    from indexer import Index
+    from indexer.errors import EncoderMismatch, EncoderUnavailable
+    from search import search, search_vectors, similar
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50, 64)).astype(np.float32)
+    with Index.create(tmp_path / "v", encoder="vectors:64", index_type="flat") as index:
+        index.add_vectors([f"v{i}" for i in range(50)], vectors)
+    with Index.open(tmp_path / "v") as index:
+        assert index.encoder.dim == 64 and index.encoder_name == "vectors:64"
+        assert search_vectors(index, vectors[7], k=1)[0][0].key == "v7"
+        assert similar(index, key="v7", k=3)[0].key != "v7"
+        with pytest.raises(EncoderMismatch, match="precomputed 64-d vectors"):
+            search(index, "some text")
+    for bad in ("vectors:0", "vectors:x", "vectors:", "vectors:99999999", "vectors:٣"):
+        with pytest.raises(EncoderUnavailable, match="dimension"):
+            Index.create(tmp_path / "bad", encoder=bad)

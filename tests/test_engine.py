@@ -187,15 +187,36 @@ def test_rows_cached_by_searches_follow_every_write(make_word_index, glove_words
         first = search(index, "king", k=5)
         assert search(index, "king", k=5) == first
         top = first[0].key
+        assert search(index, "king", k=5, where="n < 0") == []
+        assert len(index.store._filter_cache) == 1  # the filter's answer, kept for this generation
         # the same text with new metadata: the row keeps its id, only the metadata changes
         other.add(word_records([top], metadata=lambda w, i: {"n": -1, "by": "other"}))
         again = search(index, "king", k=5)
         assert again[0].key == top and again[0].metadata == {"n": -1, "by": "other"}
+        assert [h.key for h in search(index, "king", k=5, where="n < 0")] == [top]
         index.add(word_records([top], metadata=lambda w, i: {"n": -2}))
         assert search(index, "king", k=5)[0].metadata == {"n": -2}
         other.delete([top])
         assert top not in [h.key for h in search(index, "king", k=5)]
-        assert index.store._row_cache_bytes > 0  # the cache is in use, not bypassed
+        assert index.store._row_cache_bytes > 0  # in use, not bypassed
     finally:
         other.close()
         index.close()
+
+
+def test_auto_goes_flat_then_hnsw_then_ivfpq_as_the_index_grows(make_word_index, glove_words, monkeypatch):
+    """The size rule of `auto` (thresholds scaled down here; the real ones are 2^25 and 2^30 floats)."""
+    from indexer import vector_index as vx
+
+    monkeypatch.setattr(vx, "AUTO_FLAT_MAX_FLOATS", 50 * 1000)
+    monkeypatch.setattr(vx, "AUTO_HNSW_MAX_FLOATS", 50 * 5000)
+    index = make_word_index(n=800, index_type="auto")
+    assert index.vectors.factory == "Flat"
+    index.add(word_records(glove_words[1000:3000]))
+    assert index.vectors.factory == "HNSW32"
+    index.add(word_records(glove_words[3000:12500]))
+    assert index.vectors.factory.startswith("IVF") and "PQ" in index.vectors.factory and index.vectors.lossy
+    assert index.check()["ok"] and index.count() == 12_300
+    hits = search(index, "king", k=5)
+    assert len(hits) == 5 and hits[0].score == pytest.approx(max(h.score for h in hits))  # re-ranked, exact scores
+    index.close()

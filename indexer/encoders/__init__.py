@@ -56,6 +56,7 @@ def list_encoders() -> dict[str, str]:
     out["clip:<arch>/<pretrained>"] = ("open_clip, texts and images: a pretrained tag (needs a network or the "
                                        "hub cache) or a local checkpoint file")
     out["vae:<model file>"] = "the latent means of a VAE trained with `latent vae train` (images)"
+    out["vectors:<dim>"] = "no model: vectors made elsewhere, added with Index.add_vectors and searched by vector or key"
     return out
 
 
@@ -82,6 +83,10 @@ def get_encoder(name: str) -> Encoder:
         from .clip import load_clip
 
         encoder = load_clip(name[5:])
+    elif name.startswith("vectors:"):
+        from .vectors import parse
+
+        encoder = parse(name)
     elif name in _FACTORIES:
         encoder = _FACTORIES[name][0]()
     else:
