@@ -220,3 +220,16 @@ def test_auto_goes_flat_then_hnsw_then_ivfpq_as_the_index_grows(make_word_index,
     hits = search(index, "king", k=5)
     assert len(hits) == 5 and hits[0].score == pytest.approx(max(h.score for h in hits))  # re-ranked, exact scores
     index.close()
+
+
+def test_ivf_is_retrained_once_it_has_outgrown_its_lists(make_word_index, glove_words):
+    """nlist is chosen for the count at training time; a named IVF type is retrained when the
+    count calls for 4x the lists (about 16x the items), not left with ever longer lists."""
+    index = make_word_index(n=2500, index_type="ivf")
+    assert index.vectors.factory == "IVF64,Flat"
+    index.add(word_records(glove_words[3000:6000]))  # 5,500 items: 128 lists would be right, keep 64
+    assert index.vectors.factory == "IVF64,Flat"
+    index.add(word_records(glove_words[6000:12000]))  # 11,500 items: 256 lists
+    assert index.vectors.factory == "IVF256,Flat" and index.check()["ok"]
+    assert search(index, "king", k=3)[0].key in {"king", "queen", "prince", "throne"}
+    index.close()
