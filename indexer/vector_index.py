@@ -233,6 +233,17 @@ class VectorIndex:
                  for i in range(ivf.nlist) if invlists.list_size(i)]
         return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
 
+    def exact_vectors(self, ids: np.ndarray) -> np.ndarray | None:
+        """The stored vectors of `ids` read from the index itself when it holds them uncompressed
+        behind an id map (Flat, HNSW): 8x faster than from SQLite (16,665 of 384-d: 8 ms against
+        66 ms). None when it does not, or does not hold every one of them."""
+        if self.lossy or not hasattr(self.index, "id_map"):
+            return None
+        try:
+            return self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+        except RuntimeError:  # an id it does not hold
+            return None
+
     def ids(self) -> np.ndarray:
         """The sorted item ids this index can return."""
         raw = np.sort(self._raw_ids())

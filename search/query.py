@@ -144,7 +144,9 @@ def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> t
     out_i = np.full((len(queries), k), -1, dtype=np.int64)
     if len(ids) == 0:
         return out_s, out_i
-    vectors = index.store.vectors(ids, index.dim)
+    vectors = index.loaded_vectors.exact_vectors(ids)
+    if vectors is None:
+        vectors = index.store.vectors(ids, index.dim)
     sims = queries @ vectors.T
     top = min(k, len(ids))
     part = np.argpartition(-sims, top - 1, axis=1)[:, :top]
@@ -157,22 +159,22 @@ def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> t
 
 def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded: set[int]) -> list[list[Hit]]:
     """Hits for each query's (scores, ids) row; the rows of all queries' ids are read at once."""
+    wanted = np.unique(ids[ids >= 0]).tolist()
+    rows = index.store.cached_rows(wanted, index.loaded_vectors.generation)
     ids_list = ids.tolist()
     scores_list = scores.tolist()
-    wanted = {i for row in ids_list for i in row if i >= 0}
-    rows = index.store.cached_rows(sorted(wanted), index.loaded_vectors.generation)
     out = []
+    get = rows.get
     for row_scores, row_ids in zip(scores_list, ids_list):
         hits: list[Hit] = []
+        rank = 0
         for score, item_id in zip(row_scores, row_ids):
-            if item_id < 0 or item_id in excluded:
+            row = get(item_id)  # None for -1 (no hit), and for an id deleted since the vector index was read
+            if row is None or item_id in excluded:
                 continue
-            row = rows.get(item_id)
-            if row is None:  # deleted by another process since the vector index was read
-                continue
-            key, kind, text, _path, metadata = row
-            hits.append(Hit(len(hits) + 1, key, score, metadata, text, item_id, kind))
-            if len(hits) == k:
+            rank += 1
+            hits.append(Hit(rank, row[0], score, row[4], row[2], item_id, row[1]))
+            if rank == k:
                 break
         out.append(hits)
     return out

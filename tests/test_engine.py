@@ -233,3 +233,20 @@ def test_ivf_is_retrained_once_it_has_outgrown_its_lists(make_word_index, glove_
     assert index.vectors.factory == "IVF256,Flat" and index.check()["ok"]
     assert search(index, "king", k=3)[0].key in {"king", "queen", "prince", "throne"}
     index.close()
+
+
+def test_filtered_exact_scans_read_vectors_from_the_index_when_it_holds_them(make_word_index, glove_words):
+    index = make_word_index(n=3000, index_type="hnsw", metadata=lambda w, i: {"n": i})
+    vindex = index.vectors
+    ids = index.store.ids()[:500]
+    assert np.array_equal(vindex.exact_vectors(ids), index.store.vectors(ids, index.dim))  # the same floats
+    assert vindex.exact_vectors(np.array([10**9])) is None  # an id it does not hold: SQLite instead
+    query = index.store.vectors(ids[:1], index.dim)[0]
+    hits = search_vectors(index, query, k=5, where="n < 400")[0]
+    stored = index.store.vectors(ids[:400], index.dim)  # ids follow n here (one batch, in order)
+    expected = ids[:400][np.argsort(-(stored @ query), kind="stable")[:5]]
+    assert [h.id for h in hits] == expected.tolist()
+    index.close()
+    pq = make_word_index(n=12_000, index_type="ivfpq", name="pq")
+    assert pq.vectors.lossy and pq.vectors.exact_vectors(pq.store.ids()[:3]) is None  # codes are not vectors
+    pq.close()

@@ -24,10 +24,12 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
         vectors = vectors[None, :]
     if vectors.shape[0] == 1 and vectors.ndim == 2:  # one query: the same in scalar steps, 3x faster
         row = vectors[0].astype(np.float64)
-        norm = math.sqrt(row @ row)  # NaN or infinite when any value is
-        if not math.isfinite(norm):
+        squared = float(row @ row)  # NaN or infinite when any value is
+        if not math.isfinite(squared):
             raise EncoderMismatch("vectors contain NaN or infinite values; refusing to index or search them")
-        return (row / norm if norm else row).astype(np.float32)[None, :]
+        if abs(squared - 1.0) < 1e-6:  # already unit length (most queries): as it is
+            return vectors.copy()
+        return (row / math.sqrt(squared) if squared else row).astype(np.float32)[None, :]
     if vectors.ndim != 2:
         raise EncoderMismatch(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
     if not np.isfinite(vectors).all():
