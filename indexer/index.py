@@ -203,7 +203,6 @@ class Index:
             self._vectors = self._load_vectors()
         return self._vectors
 
-    loaded_vectors = property(load_vectors)
 
     def refresh(self) -> None:
         """Catch the loaded vector index up with writes made since (by this or another process)."""
@@ -394,8 +393,7 @@ class Index:
             vindex = self._vectors
             if vindex is not None:
                 n = self.store.count()
-                exact = vx.planned_factory(self.index_type, n, self.dim) == "Flat"
-                rebuilt = vindex.wants_rebuild(self.index_type, n) or tuning.wants_retune(self.manifest, n, exact)
+                rebuilt = vindex.wants_rebuild(self.index_type, n) or tuning.wants_retune(self.manifest, n)
                 if rebuilt:
                     self._vectors = self._build_vectors(progress, tune=True)
                 if rebuilt or self._vectors.generation != self.store.manifest().get("vectors_generation"):

@@ -309,10 +309,8 @@ class Store:
         from memory where an earlier search of that generation read them: every write bumps
         the generation, so a row cached for one generation is that generation's row. The cache
         holds up to ROW_CACHE_BYTES of rows and starts over when it is full or stale."""
+        self._caches_at(generation)
         cache = self._row_cache
-        if generation != self._row_cache_generation:
-            with self._row_cache_lock:
-                self._reset_caches(generation)
         out, missing = {}, []
         for i in ids:
             row = cache.get(i)
@@ -332,6 +330,13 @@ class Store:
                     cache.update(fetched)
                     self._row_cache_bytes += size
         return out
+
+    def _caches_at(self, generation: int) -> None:
+        """Make the row and filter caches those of `generation`: emptied if they held another's."""
+        if generation != self._row_cache_generation:
+            with self._row_cache_lock:
+                if generation != self._row_cache_generation:
+                    self._reset_caches(generation)
 
     def _reset_caches(self, generation: int) -> None:  # under _row_cache_lock
         self._row_cache.clear()
@@ -390,10 +395,8 @@ class Store:
         filter used again (a facet, a user's saved search) costs nothing the second time."""
         key = (sql, tuple(params))
         if generation is not None:
-            with self._row_cache_lock:
-                if generation != self._row_cache_generation:
-                    self._reset_caches(generation)
-                found = self._filter_cache.get(key)
+            self._caches_at(generation)
+            found = self._filter_cache.get(key)
             if found is not None:
                 return found
         ids = np.fromiter((r[0] for r in self.conn.execute(f"SELECT id FROM items WHERE {sql}", list(params))),

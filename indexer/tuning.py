@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 
 from .errors import InputError
+from .vector_index import planned_factory
 
 K = 10
 QUERIES = 1000
@@ -52,9 +53,12 @@ def holdout_size(n: int) -> int:
     return 0 if n < MIN_ITEMS else min(QUERIES, n // 10)
 
 
-def wants_retune(manifest: dict, n: int, exact: bool) -> bool:
-    """True when an index with a recall target should be (re)built and tuned for n items."""
-    if manifest.get("target_recall") is None or exact or n < MIN_ITEMS:
+def wants_retune(manifest: dict, n: int) -> bool:
+    """True when an index with a recall target should be (re)built and tuned for n items (an
+    index built exact, Flat, has nothing to tune)."""
+    if manifest.get("target_recall") is None or n < MIN_ITEMS:
+        return False
+    if planned_factory(manifest["index_type"], n, int(manifest["dim"])) == "Flat":
         return False
     done = manifest.get("tuning") or {}
     if done.get("target_recall") != manifest["target_recall"] or not done.get("count"):

@@ -97,7 +97,7 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
     index.load_vectors()  # load (a repair may write) before the read transaction
     with index.store.snapshot():  # one generation: the filter, the vector search and the rows of its hits
         index.refresh()
-        allowed = matching_ids(index, where, index.loaded_vectors.generation)
+        allowed = matching_ids(index, where, index.load_vectors().generation)
         if exclude_keys:
             found = index.store.lookup(list(exclude_keys))
             excluded = {v[0] for v in found.values()}
@@ -111,7 +111,7 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
 
 
 def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    vindex = index.loaded_vectors  # current: the caller refreshed it inside its snapshot
+    vindex = index.load_vectors()  # current: the caller refreshed it inside its snapshot
     k = min(k, max(vindex.ntotal, 1))  # a k beyond the item count asks for every item
     if allowed is not None and len(allowed) <= EXACT_SCAN_MAX and not vindex.exact:
         return _exact_scan(index, queries, allowed, k)
@@ -144,7 +144,7 @@ def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> t
     out_i = np.full((len(queries), k), -1, dtype=np.int64)
     if len(ids) == 0:
         return out_s, out_i
-    vectors = index.loaded_vectors.exact_vectors(ids)
+    vectors = index.load_vectors().exact_vectors(ids)
     if vectors is None:
         vectors = index.store.vectors(ids, index.dim)
     sims = queries @ vectors.T
@@ -160,7 +160,7 @@ def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> t
 def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded: set[int]) -> list[list[Hit]]:
     """Hits for each query's (scores, ids) row; the rows of all queries' ids are read at once."""
     wanted = np.unique(ids[ids >= 0]).tolist()
-    rows = index.store.cached_rows(wanted, index.loaded_vectors.generation)
+    rows = index.store.cached_rows(wanted, index.load_vectors().generation)
     ids_list = ids.tolist()
     scores_list = scores.tolist()
     out = []

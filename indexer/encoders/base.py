@@ -6,12 +6,16 @@ subclasses only implement `_embed`.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..errors import EncoderMismatch
+
+
+_NON_FINITE = "vectors contain NaN or infinite values; refusing to index or search them"
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -26,17 +30,33 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
         row = vectors[0].astype(np.float64)
         squared = float(row @ row)  # NaN or infinite when any value is
         if not math.isfinite(squared):
-            raise EncoderMismatch("vectors contain NaN or infinite values; refusing to index or search them")
+            raise EncoderMismatch(_NON_FINITE)
         if abs(squared - 1.0) < 1e-6:  # already unit length (most queries): as it is
             return vectors.copy()
         return (row / math.sqrt(squared) if squared else row).astype(np.float32)[None, :]
     if vectors.ndim != 2:
         raise EncoderMismatch(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
     if not np.isfinite(vectors).all():
-        raise EncoderMismatch("vectors contain NaN or infinite values; refusing to index or search them")
+        raise EncoderMismatch(_NON_FINITE)
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)  # float32 over/underflows
     norms[norms == 0] = 1.0
     return (vectors / norms).astype(np.float32)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with torch limited to n intra-op threads (None: leave torch's setting)."""
+    import torch
+
+    before = torch.get_num_threads()
+    change = n is not None and int(n) != before
+    if change:
+        torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(before)
 
 
 # Named in errors that send users to an encoder able to take their input.

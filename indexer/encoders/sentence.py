@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ..errors import EncoderUnavailable
-from .base import Encoder
+from .base import Encoder, torch_threads
 
 
 def _load_sentence_transformer(name_or_path: str):
@@ -112,21 +112,14 @@ class MiniLMEncoder(Encoder):
         self.name, self.version = "minilm", version
 
     def _embed(self, items: Sequence[str]) -> np.ndarray:
-        torch = self._torch
         texts = [t[: self.max_chars] for t in items]
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # A few texts (a query) run on one thread: a team gains little on one short sequence and,
         # on a busy 2-core machine, spins (p50 22 ms and p95 130-500 ms with 2 threads, 8.5 and 15 ms with 1).
-        before = torch.get_num_threads()
-        one = len(texts) < SMALL_BATCH and before > 1 and not os.environ.get("OMP_NUM_THREADS")
-        if one:
-            torch.set_num_threads(1)
-        try:
+        one = len(texts) < SMALL_BATCH and not os.environ.get("OMP_NUM_THREADS")
+        with torch_threads(1 if one else None):
             self._forward(texts, order, out)
-        finally:
-            if one:
-                torch.set_num_threads(before)
         return out
 
     def _forward(self, texts: list[str], order: np.ndarray, out: np.ndarray) -> None:

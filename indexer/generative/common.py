@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..encoders.base import torch_threads  # noqa: F401  (the generative modules take it from here)
 from ..errors import InputError
 from .data import check_size
 
@@ -34,20 +35,6 @@ def seeded(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         yield
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None = THREADS):
-    """Run a block with torch limited to n intra-op threads (None: leave torch's setting)."""
-    before = torch.get_num_threads()
-    change = n is not None and int(n) != before
-    if change:
-        torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        if change:
-            torch.set_num_threads(before)
 
 
 def generator(seed: int):

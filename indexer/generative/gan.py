@@ -94,7 +94,7 @@ class GANModel(TrainedModel):
         """The generator's own output for z: (n, 1, s, s) in [-1, 1] (tanh)."""
         z = self.latent_batch(z, "GAN generates from", InputError)
         out = []
-        with torch.inference_mode(), torch_threads():
+        with torch.inference_mode(), torch_threads(THREADS):
             for start in range(0, len(z), 1024):
                 out.append(self.generator(torch.from_numpy(np.ascontiguousarray(z[start:start + 1024]))).numpy())
         return np.concatenate(out) if out else np.zeros((0, 1, self.size, self.size), np.float32)

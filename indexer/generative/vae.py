@@ -96,7 +96,7 @@ class VAEModel(TrainedModel):
         """(means, log-variances), float32 (n, latent_dim), of images (n, [1,] s, s) in [0, 1]."""
         x = self._inputs(images)
         means, logvars = [], []
-        with torch.inference_mode(), torch_threads():
+        with torch.inference_mode(), torch_threads(THREADS):
             for start in range(0, len(x), 512):
                 m, lv = self.net.encode(x[start:start + 512])
                 means.append(m.numpy())
@@ -108,7 +108,7 @@ class VAEModel(TrainedModel):
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Images (n, s, s) in [0, 1] (pixel probabilities) of latent vectors (n, latent_dim)."""
         z = self.latent_batch(z, "VAE decodes", EncoderMismatch)
-        with torch.inference_mode(), torch_threads():
+        with torch.inference_mode(), torch_threads(THREADS):
             out = torch.sigmoid(self.net.decode_logits(torch.from_numpy(np.ascontiguousarray(z))))
         return out[:, 0].numpy().astype(np.float32)
 
