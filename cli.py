@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from indexer.errors import LatentError
+from latent.indexer.errors import LatentError
 
 MAX_CELL = 60
 
@@ -137,7 +137,7 @@ def index_dir(f):
 
 def _open(ctx: click.Context, directory: Path):
     """An index directory, or a built-in index (@words, @sentences, @photos), built on first use."""
-    from indexer.builtin import open_index
+    from latent.indexer.builtin import open_index
 
     progress = _progress(ctx)
     try:
@@ -179,7 +179,7 @@ class LatentGroup(click.Group):
 
 
 @click.group(cls=LatentGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="latent")
+@click.version_option(package_name="latent-search")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 def cli(quiet: bool, debug: bool):
@@ -218,7 +218,7 @@ def create(directory: Path, encoder: str, index_type: str, target_recall: float 
         latent create words --encoder glove --index hnsw
         latent create big --index auto --target-recall 0.95
     """
-    from indexer import Index
+    from latent.indexer import Index
 
     with Index.create(directory, encoder=encoder, index_type=index_type, target_recall=target_recall) as index:
         info = index.info()
@@ -252,8 +252,8 @@ def add(ctx, directory: Path, inputs, fmt, text_field, key_field, batch_size, en
         latent add notes notes.csv --text-field body --key-field id
         latent add photos ~/Pictures/holiday --format images
     """
-    from indexer import Index, read_inputs
-    from indexer.readers import check_inputs
+    from latent.indexer import Index, read_inputs
+    from latent.indexer.readers import check_inputs
 
     check_inputs(inputs, fmt)
     progress = _progress(ctx)
@@ -307,8 +307,8 @@ def search_cmd(ctx, directory: Path, query: str | None, expr: str | None, includ
         latent search notes "a dog on the beach" -k 5 --where "topic=animals"
         latent search @words --expr "king - man + woman" -k 3
     """
-    from search import search
-    from search.explore import search_expression
+    from latent.search import search
+    from latent.search.explore import search_expression
 
     if (query is None) == (expr is None):
         raise click.UsageError("give a QUERY or --expr, not both")
@@ -341,7 +341,7 @@ def similar(directory: Path, key: str | None, vector_file: str | None, image_fil
     """
     import numpy as np
 
-    from search import similar as find_similar
+    from latent.search import similar as find_similar
 
     if sum(x is not None for x in (key, vector_file, image_file)) != 1:
         raise click.UsageError("give exactly one of --key, --vector or --image")
@@ -366,7 +366,7 @@ def delete(directory: Path, keys):
     Example:
         latent delete notes s0001 s0002
     """
-    from indexer import Index
+    from latent.indexer import Index
 
     with Index.open(directory) as index:
         deleted, missing = index.delete(list(keys))
@@ -410,7 +410,7 @@ def check(directory: Path, as_json: bool):
     Example:
         latent check notes
     """
-    from indexer import Index
+    from latent.indexer import Index
 
     with Index.open(directory) as index:
         report = index.check()
@@ -439,7 +439,7 @@ def rebuild(ctx, directory: Path):
     Example:
         latent rebuild notes
     """
-    from indexer import Index
+    from latent.indexer import Index
 
     progress = _progress(ctx)
     started = time.perf_counter()
@@ -473,7 +473,7 @@ def tune(ctx, directory: Path, target_recall: float | None, as_json: bool):
     Example:
         latent tune notes --target-recall 0.95
     """
-    from indexer import Index
+    from latent.indexer import Index
 
     progress = _progress(ctx)
     with Index.open(directory) as index:
@@ -531,7 +531,7 @@ def map_cmd(ctx, directory: Path, output: Path | None, method: str, color_by: st
         latent map photos --html --method tsne --color-by label
         latent map @words -o words.png --sample 3000 --labels 40
     """
-    from search.maps import compute_map, render_html, render_png
+    from latent.search.maps import compute_map, render_html, render_png
 
     if output is None:
         output = Path("map.html" if as_html else "map.png")
@@ -585,7 +585,7 @@ def words(ctx, word: str, k: int, as_json: bool):
     Example:
         latent words toilet -k 5
     """
-    from search.words import neighbours
+    from latent.search.words import neighbours
 
     progress = _progress(ctx)
     try:
@@ -619,7 +619,7 @@ def interpolate(ctx, directory: Path, a: str, b: str, steps: int, spherical: boo
         latent interpolate @words france germany --steps 12
         latent interpolate photos cat.jpg dog.jpg --json
     """
-    from search.explore import interpolate as walk
+    from latent.search.explore import interpolate as walk
 
     with _open(ctx, directory) as index:
         path = walk(index, a, b, steps=steps, method="slerp" if spherical else "lerp",
@@ -661,7 +661,7 @@ def analogy(ctx, a: str, b: str, c: str, k: int, method: str, include_inputs: bo
         latent analogy man king woman
         latent analogy paris france rome --method mul -k 3
     """
-    from search.explore import analogy as solve
+    from latent.search.explore import analogy as solve
 
     with _open(ctx, Path(directory)) as index:
         hits = solve(index, a, b, c, k=k, method=method, include_inputs=include_inputs)
@@ -681,8 +681,8 @@ def demo(ctx, k: int):
     Example:
         latent demo
     """
-    from indexer.builtin import cache_dir
-    from search.demo import run_demo
+    from latent.indexer.paths import cache_dir
+    from latent.search.demo import run_demo
 
     started = time.perf_counter()
     progress = _progress(ctx)
@@ -704,7 +704,7 @@ def encoders():
     Example:
         latent encoders
     """
-    from indexer import list_encoders
+    from latent.indexer import list_encoders
 
     for name, desc in list_encoders().items():
         click.echo(f"{name:<20} {desc}")
@@ -822,7 +822,7 @@ def vae_train(ctx, data: str, output: Path, size, seed: int, threads: int, as_js
         latent vae train digits -o digits.vae
         latent vae train ~/glyphs --size 28 --epochs 60 -o glyphs.vae
     """
-    from indexer.generative import check_model_path, load_dataset, train_vae
+    from latent.generative import check_model_path, load_dataset, train_vae
 
     check_model_path(output, "vae")
     dataset = load_dataset(data, size)
@@ -855,7 +855,7 @@ def vae_encode(ctx, model: Path, directory: Path, data, index_type: str, batch_s
         latent vae encode digits.vae digits-idx digits
         latent similar digits-idx --key digits/00042 -k 10 --where label=3
     """
-    from indexer.generative import DIGITS, add_dataset, add_images, load_digits, load_vae_encoder, open_index
+    from latent.generative import DIGITS, add_dataset, add_images, load_digits, load_vae_encoder, open_index
 
     encoder = load_vae_encoder(model)
     progress = _progress(ctx)
@@ -904,7 +904,7 @@ def vae_interpolate(model: Path, a: str, b: str, output: Path, steps: int, scale
     Example:
         latent vae interpolate digits.vae digits:0 digits:42 -o path.png --steps 12
     """
-    from indexer.generative import load_reference, load_vae, save_grid
+    from latent.generative import load_reference, load_vae, save_grid
 
     vae_model = load_vae(model)
     (image_a, name_a), (image_b, name_b) = (load_reference(r, vae_model.size) for r in (a, b))
@@ -927,8 +927,8 @@ def vae_sample(model: Path, output: Path, count: int, cols: int, seed: int, temp
     Example:
         latent vae sample digits.vae -o samples.png -n 100 --cols 10 --seed 3
     """
-    from indexer.generative import load_vae, save_grid
-    from indexer.generative.grids import chunk
+    from latent.generative import load_vae, save_grid
+    from latent.generative.grids import chunk
 
     images = load_vae(model).sample(count, seed=seed, temperature=temperature)
     _grid_saved(save_grid(chunk(images, cols), output, scale=scale), f"{count} samples, seed {seed}")
@@ -969,7 +969,7 @@ def gan_train(ctx, data: str, output: Path, size, seed: int, threads: int, as_js
     Example:
         latent gan train digits -o digits.gan --epochs 120
     """
-    from indexer.generative import check_model_path, load_dataset, train_gan
+    from latent.generative import check_model_path, load_dataset, train_gan
 
     check_model_path(output, "gan")
     dataset = load_dataset(data, size)
@@ -994,8 +994,8 @@ def gan_sample(model: Path, output: Path, count: int, cols: int, seed: int, scal
     Example:
         latent gan sample digits.gan -o samples.png -n 100 --cols 10
     """
-    from indexer.generative import load_gan, save_grid
-    from indexer.generative.grids import chunk
+    from latent.generative import load_gan, save_grid
+    from latent.generative.grids import chunk
 
     images = load_gan(model).sample(count, seed=seed)
     _grid_saved(save_grid(chunk(images, cols), output, scale=scale), f"{count} samples, seed {seed}")
@@ -1016,7 +1016,7 @@ def gan_interpolate(model: Path, output: Path, rows: int, steps: int, seed: int,
     Example:
         latent gan interpolate digits.gan -o lines.png --rows 8 --steps 12 --seed 1
     """
-    from indexer.generative import load_gan, save_grid
+    from latent.generative import load_gan, save_grid
 
     grid = load_gan(model).interpolate(rows, steps, seed=seed)
     _grid_saved(save_grid([list(row) for row in grid], output, scale=scale),
@@ -1060,7 +1060,7 @@ def gan_direction(model: Path, source: str, target: str, output: Path, index_dir
     """
     import numpy as np
 
-    from indexer.generative import (evaluate_direction, find_direction, load_gan, reference, save_grid,
+    from latent.generative import (evaluate_direction, find_direction, load_gan, reference, save_grid,
                                     source_samples, walk)
 
     gan_model = load_gan(model)
@@ -1104,7 +1104,7 @@ def serve(ctx, directories, host: str, port: int, public: bool, token: str | Non
         latent serve photos notes @words
         LATENT_TOKEN=... latent serve photos --host 0.0.0.0 --public
     """
-    from search.server import Limits, serve as run_server
+    from latent.search.server import Limits, serve as run_server
 
     progress = _progress(ctx)
     try:

@@ -48,7 +48,7 @@ class Engine:
     name = "engine"
 
     def __init__(self, ds: D.Dataset, workdir: Path, encoder: str, rebuild: bool):
-        from indexer import Index
+        from latent.indexer import Index
 
         directory = workdir / f"ann-{ds.name}-engine"
         if directory.exists() and not rebuild:
@@ -67,7 +67,7 @@ class Engine:
             self.index = Index.open(directory)
         self.vindex = self.index.vectors
         self.row_of = {key: i for i, key in enumerate(ds.keys)}
-        from search import search_vectors
+        from latent.search import search_vectors
 
         self._search = search_vectors
 

@@ -35,9 +35,9 @@ def main() -> None:
     from sklearn.datasets import load_sample_images
     import skimage.data
 
-    from indexer.builtin import DEMO_PHOTOS
-    from indexer.encoders import get_encoder
-    from indexer.encoders import conse
+    from latent.indexer.builtin import DEMO_PHOTOS
+    from latent.indexer.encoders import get_encoder
+    from latent.indexer.encoders import conse
 
     photos = {n: Image.fromarray(np.asarray(getattr(skimage.data, n)())).convert("RGB") for n in DEMO_PHOTOS}
     for p in load_sample_images().filenames:

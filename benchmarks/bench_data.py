@@ -87,7 +87,7 @@ def _split(name: str, words: list[str], vectors: np.ndarray, n_queries: int, see
 
 
 def glove_angular(n_queries: int = 10_000) -> Dataset:
-    from indexer.encoders.glove import load_glove
+    from latent.indexer.encoders.glove import load_glove
 
     words, _, vectors = load_glove()
     return _split("glove-50-angular-400k", words, np.asarray(vectors, dtype=np.float32), n_queries)
@@ -95,14 +95,14 @@ def glove_angular(n_queries: int = 10_000) -> Dataset:
 
 def minilm_words(n: int = 120_000, n_queries: int = 10_000) -> Dataset:
     """MiniLM embeddings of the n most frequent GloVe words (the vocabulary is in frequency order)."""
-    from indexer.encoders.glove import load_glove
+    from latent.indexer.encoders.glove import load_glove
 
     words = load_glove()[0][:n]
     path = cache_dir() / f"minilm-words-{n}.npy"
     if path.exists():
         vectors = np.load(path)
     else:
-        from indexer.encoders import get_encoder
+        from latent.indexer.encoders import get_encoder
 
         encoder = get_encoder("minilm")
         started, parts = time.time(), []

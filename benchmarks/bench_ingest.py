@@ -91,7 +91,7 @@ def make_images(directory: Path, count: int) -> list[Path]:
 def bare_text(work: Path, batch_size: int | None) -> dict:
     import torch
 
-    from indexer.encoders import get_encoder
+    from latent.indexer.encoders import get_encoder
 
     lines = [t.strip() for t in (work / "texts.txt").read_text().splitlines() if t.strip()]
     started = time.perf_counter()
@@ -113,8 +113,8 @@ def bare_images(work: Path, batch_size: int | None) -> dict:
     import numpy as np
     import torch
 
-    from indexer.encoders import get_encoder
-    from indexer.images import decode_image
+    from latent.indexer.encoders import get_encoder
+    from latent.indexer.images import decode_image
 
     paths = sorted((work / "photos").glob("*.jpg"))
     started = time.perf_counter()

@@ -62,9 +62,9 @@ def main() -> None:
 
     import torch
 
-    from indexer import Index, read_inputs
-    from indexer.encoders import get_encoder
-    from indexer.images import decode_image
+    from latent.indexer import Index, read_inputs
+    from latent.indexer.encoders import get_encoder
+    from latent.indexer.images import decode_image
 
     work = Path(tempfile.mkdtemp(prefix="latent-bench-images-"))
     try:

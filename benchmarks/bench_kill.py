@@ -39,7 +39,7 @@ def main() -> None:
     import faiss
     import sqlite3
 
-    from indexer.encoders.glove import load_glove
+    from latent.indexer.encoders.glove import load_glove
     from kill_harness import KillHarness
 
     print(f"args {vars(args)}; python {platform.python_version()}, faiss {faiss.__version__}, "

@@ -89,7 +89,7 @@ def stored_matches(index, keys: list[str], base: np.ndarray) -> bool:
 def open_or_build(n: int, keys: list[str], base: np.ndarray, texts: list[str] | None):
     """The cached index of size n (reused when it holds exactly these n items), else built.
     Returns (index, build seconds or None when reused)."""
-    from indexer import Index
+    from latent.indexer import Index
 
     directory = datasets.cache_dir() / f"latency-{n}"
     if (directory / "latent.db").exists():
@@ -181,7 +181,7 @@ def summary(ms: list[float]) -> dict:
 
 
 def run_size(n: int, texts: list[str], warm: list[str]) -> dict:
-    from search import search, search_vectors
+    from latent.search import search, search_vectors
 
     print(f"\n== {n:,} items ==", flush=True)
     keys, base, item_texts = base_data(n)
@@ -323,7 +323,7 @@ def imported_modules(argv: list[str], env: dict) -> set[str]:
 
 
 def cold_start(runs: int, search_sizes: list[int]) -> dict:
-    from indexer.builtin import cache_dir as latent_cache
+    from latent.indexer.paths import cache_dir as latent_cache
 
     env = {**os.environ, **OFFLINE}
     latent = latent_command()
@@ -377,7 +377,7 @@ def main() -> None:
     print(f"queries: {len(texts)} timed ({args.queries // 2} held-out words, {len(texts) - args.queries // 2} "
           f"two-word phrases), {len(warm)} warm-up; e.g. {texts[:4]}")
 
-    from indexer.encoders import get_encoder
+    from latent.indexer.encoders import get_encoder
 
     t0 = time.perf_counter()
     get_encoder("minilm")

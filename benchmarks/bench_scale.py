@@ -159,8 +159,8 @@ def exact_top(path: str, dim: int, n: int, queries: np.ndarray, k: int = K) -> n
 def make_encoder(name: str, dim: int):
     """The encoder name if the engine knows it; else (a `vectors:<dim>` name on an engine without
     that encoder) an Encoder instance of that name and dim, which `Index.create` also takes."""
-    from indexer.encoders import Encoder, get_encoder
-    from indexer.errors import EncoderUnavailable
+    from latent.indexer.encoders import Encoder, get_encoder
+    from latent.indexer.errors import EncoderUnavailable
 
     if not name.startswith("vectors:"):
         return name, "name"
@@ -181,9 +181,9 @@ def one(spec: dict) -> dict:
     started = time.perf_counter()
     import faiss
 
-    from indexer import Index
-    from indexer import vector_index as vx
-    from search import search_vectors
+    from latent.indexer import Index
+    from latent.indexer import vector_index as vx
+    from latent.search import search_vectors
 
     dim, n, kind = spec["dim"], spec["n"], spec["type"]
     out: dict = {"mem_before_create": memory()}
@@ -367,7 +367,7 @@ def family(factory: str) -> str:
 def auto_rule(dims: list[int]) -> dict:
     """The constants of `auto` and, per dim, its stages: the factory family it picks and the largest N
     at which it still does (found on a grid of N up to 10**11, each switch pinned down by bisection)."""
-    from indexer import vector_index as vx
+    from latent.indexer import vector_index as vx
 
     rule: dict = {"constants": {k: getattr(vx, k) for k in dir(vx) if k.startswith("AUTO_")}, "stages": {}}
     grid = sorted({int(round(10 ** (e / 40))) for e in range(0, 40 * 11 + 1)})  # about 6% apart
@@ -502,7 +502,7 @@ def summarise(records: list[dict], rule: dict) -> dict:
 
 
 def target(n: int, dim: int) -> str:
-    from indexer import vector_index as vx
+    from latent.indexer import vector_index as vx
 
     return vx.target_factory("auto", n, dim)
 
@@ -544,7 +544,7 @@ def main() -> None:
     print(f"settings: {json.dumps(settings)}")
     env = environment()
     print(f"environment: {json.dumps(env)}")
-    from indexer import vector_index as vx
+    from latent.indexer import vector_index as vx
 
     print(f"engine defaults: DEFAULT_PARAMS = {vx.DEFAULT_PARAMS}", flush=True)
 

@@ -37,8 +37,8 @@ RESULTS = Path(__file__).parent / "results" / "serve.jsonl"
 
 def build_index(directory: Path, items: int, skip: int):
     """The GloVe index of words[skip:skip + items], built once and reused."""
-    from indexer import Index, Record
-    from indexer.encoders.glove import load_glove
+    from latent.indexer import Index, Record
+    from latent.indexer.encoders.glove import load_glove
 
     if (directory / "latent.db").exists():
         index = Index.open(directory)
@@ -128,7 +128,7 @@ def http_load(url: str, path: str, queries: list[str], threads: int, seconds: fl
 
 
 def in_process(index, queries: list[str], seconds: float, max_queries: int, k: int) -> dict:
-    from search import search
+    from latent.search import search
 
     latencies = []
     stop_at = time.perf_counter() + seconds
@@ -148,7 +148,7 @@ def check_same(url: str, path: str, index, queries: list[str], k: int) -> int:
     """HTTP and in-process give the same keys and scores (to float32 precision) for each query."""
     import httpx
 
-    from search import search
+    from latent.search import search
 
     with httpx.Client(base_url=url, timeout=60) as client:
         for q in queries:
@@ -218,7 +218,7 @@ def main() -> None:
 
     import faiss
 
-    from indexer.builtin import cache_dir
+    from latent.indexer.paths import cache_dir
 
     directory = (args.cache or cache_dir()) / f"bench-serve-glove-{args.items}"
     index, built = build_index(directory, args.items, args.skip)

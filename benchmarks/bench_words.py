@@ -70,7 +70,7 @@ def read_pairs(path: Path, rows: dict[str, int]):
 
 def exact_answers(vectors: np.ndarray, rows: dict[str, int], questions, method: str, block: int = 512):
     """Top answer (a row) per question by brute force over the whole vocabulary, inputs excluded."""
-    from search.explore import MUL_EPSILON
+    from latent.search.explore import MUL_EPSILON
 
     idx = np.array([[rows[w] for w in q[1:4]] for q in questions])
     answers = np.empty(len(questions), dtype=np.int64)
@@ -107,10 +107,10 @@ def main() -> None:
     import faiss
     from scipy.stats import spearmanr
 
-    from indexer import Index, Record
-    from indexer.encoders import normalize
-    from indexer.encoders.glove import load_glove
-    from search.explore import analogy
+    from latent.indexer import Index, Record
+    from latent.indexer.encoders import normalize
+    from latent.indexer.encoders.glove import load_glove
+    from latent.search.explore import analogy
 
     words, rows, raw = load_glove()
     vectors = normalize(np.asarray(raw))

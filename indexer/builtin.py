@@ -9,43 +9,34 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import IndexExists
+from .errors import IndexExists, IndexNotFound
 from .index import Index, Progress, _no_progress
+from .paths import cache_dir
 from .readers import Record, read_inputs
 
 SENTENCES = Path(__file__).parent / "data" / "sentences.jsonl"
 
 
-def cache_dir() -> Path:
-    """$LATENT_CACHE_DIR, else the platform's user cache directory for latent."""
-    env = os.environ.get("LATENT_CACHE_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("latent"))
-
-
-def _open_or_create(directory: Path, encoder: str, index_type: str) -> Index:
+def _open_or_create(cls: type[Index], directory: Path, encoder: str, index_type: str) -> Index:
     if (directory / "latent.db").exists():
-        return Index.open(directory)
+        return cls.open(directory)
     try:
-        return Index.create(directory, encoder=encoder, index_type=index_type)
+        return cls.create(directory, encoder=encoder, index_type=index_type)
     except IndexExists:  # another process created it meanwhile
-        return Index.open(directory)
+        return cls.open(directory)
 
 
-def _ensure(directory: Path, encoder: str, records: Callable[[], Iterable], total: Callable[[], int],
-            progress: Progress, batch_size: int) -> Index:
+def _ensure(cls: type[Index], directory: Path, encoder: str, records: Callable[[], Iterable],
+            total: Callable[[], int], progress: Progress, batch_size: int) -> Index:
     """Open (or create) a built-in index; the records are read, and counted, only to build it."""
-    index = _open_or_create(directory, encoder, "auto")
+    index = _open_or_create(cls, directory, encoder, "auto")
     if not index.store.manifest().get("complete"):
         index.add(records(), batch_size=batch_size, progress=progress, total=total())
         index.store.set_manifest(complete=True)
     return index
 
 
-def word_index(*, progress: Progress = _no_progress) -> Index:
+def word_index(*, progress: Progress = _no_progress, cls: type[Index] = Index) -> Index:
     """The index of all 400,000 GloVe words (keys are the words), built on first use."""
     from .encoders.glove import load_glove
 
@@ -53,13 +44,13 @@ def word_index(*, progress: Progress = _no_progress) -> Index:
         for word in load_glove()[0]:
             yield Record(text=word, key=word, kind="word", source="glove")
 
-    return _ensure(cache_dir() / "glove-words", "glove", records, lambda: len(load_glove()[0]), progress, 20_000)
+    return _ensure(cls, cache_dir() / "glove-words", "glove", records, lambda: len(load_glove()[0]), progress, 20_000)
 
 
-def sentence_index(*, progress: Progress = _no_progress) -> Index:
+def sentence_index(*, progress: Progress = _no_progress, cls: type[Index] = Index) -> Index:
     """The index of latent's demo sentences (minilm), built on first use."""
     directory = cache_dir() / "demo-sentences"
-    return _ensure(directory, "minilm",
+    return _ensure(cls, directory, "minilm",
                    lambda: read_inputs([str(SENTENCES)], fmt="jsonl", text_field="text", key_field="id"),
                    lambda: len(SENTENCES.read_bytes().splitlines()), progress, 128)
 
@@ -100,11 +91,11 @@ def write_demo_photos(directory: Path) -> Path:
     return directory
 
 
-def image_index(*, progress: Progress = _no_progress) -> Index:
+def image_index(*, progress: Progress = _no_progress, cls: type[Index] = Index) -> Index:
     """A `conse` index (texts and images in one space) over the bundled photos."""
     from .images import read_images
 
-    return _ensure(cache_dir() / "demo-images", "conse",
+    return _ensure(cls, cache_dir() / "demo-images", "conse",
                    lambda: read_images([str(write_demo_photos(cache_dir() / "demo-photos"))]),
                    lambda: len(DEMO_PHOTOS) + 2 + DEMO_FACES, progress, 16)
 
@@ -112,14 +103,12 @@ def image_index(*, progress: Progress = _no_progress) -> Index:
 BUILTIN = {"@words": word_index, "@sentences": sentence_index, "@photos": image_index}
 
 
-def open_index(directory: str | Path, *, progress: Progress = _no_progress) -> Index:
+def open_index(directory: str | Path, *, progress: Progress = _no_progress, cls: type[Index] = Index) -> Index:
     """Open an index directory, or a built-in index by name (@words, @sentences, @photos),
-    built in the cache directory on first use."""
+    built in the cache directory on first use, as an instance of `cls`."""
     name = str(directory)
     if name.startswith("@"):
         if name not in BUILTIN:
-            from .errors import IndexNotFound
-
             raise IndexNotFound(f"no built-in index {name!r}; built-in indexes: {', '.join(BUILTIN)}")
-        return BUILTIN[name](progress=progress)
-    return Index.open(directory)
+        return BUILTIN[name](progress=progress, cls=cls)
+    return cls.open(directory)

@@ -21,7 +21,7 @@ from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, 
                      StorageError)
 from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock, env_seconds
-from .readers import Item, Record, Skip, content_hash
+from .readers import Item, Record, Skip, as_items, content_hash, records_from_texts
 from .store import DB_NAME, Store
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, advanced by, total or None)
@@ -402,10 +402,15 @@ class Index:
         finally:
             self._lock.release()
 
-    def add(self, items: Iterable[Item], *, batch_size: int | None = None, encoder: str | None = None,
+    def add(self, items: Iterable[Item | str | dict], *, keys: Sequence[str] | None = None,
+            metadata: Sequence[dict] | None = None, batch_size: int | None = None, encoder: str | None = None,
             progress: Progress = _no_progress, total: int | None = None,
             on_commit: OnCommit | None = None) -> IngestReport:
-        """Add or update Records (upsert by key), skipping unchanged ones; Skips are reported.
+        """Add or update items (upsert by key), skipping unchanged ones; Skips are reported.
+
+        Items are texts, dicts ({"text", "key", "metadata", "kind"}) or Records (from
+        `read_inputs`, for files); with `keys` and/or `metadata`, `items` are texts and these
+        give each one's key and metadata. A text without a key is keyed by its content hash.
 
         Each batch is one store transaction, durable once `on_commit(generation, items)` is
         called; the vector index follows in memory and is saved at the end (and every
@@ -415,6 +420,8 @@ class Index:
         """
         if encoder is not None:
             self.check_encoder(encoder)
+        items = records_from_texts(items, keys=keys, metadata=metadata) if keys is not None or metadata is not None \
+            else as_items(items)
         enc = self.encoder
         batch_size = int(batch_size or enc.default_batch_size)
         if batch_size < 1:

@@ -327,3 +327,31 @@ def records_from_texts(texts: Iterable[str], *, keys: Iterable[str] | None = Non
         raise InputError(f"{len(texts)} texts, {len(keys)} keys and {len(metas)} metadata dicts: give one of each per item")
     for i, (text, key, meta) in enumerate(zip(texts, keys, metas)):
         yield Record(text=text, key=key, metadata=dict(meta), kind=kind, source="<api>", line=i + 1)
+
+
+_DICT_FIELDS = ("text", "key", "metadata", "kind")
+
+
+def as_items(items: Iterable[Record | Skip | str | dict]) -> Iterator[Item]:
+    """What `Index.add` takes, as Records and Skips: a text (str) is a Record of that text;
+    a dict has a "text" and may have a "key", a "metadata" dict and a "kind"."""
+    if isinstance(items, (str, bytes, dict)):
+        raise InputError("add takes a list of items (texts, dicts or Records), not a single "
+                         f"{type(items).__name__}; wrap it in a list")
+    for i, item in enumerate(items):
+        if isinstance(item, (Record, Skip)):
+            yield item
+        elif isinstance(item, str):
+            yield Record(text=item, source="<api>", line=i + 1)
+        elif isinstance(item, dict):
+            unknown = sorted(set(item) - set(_DICT_FIELDS))
+            if unknown or "text" not in item:
+                raise InputError(f"item {i + 1}: a dict item has the fields {', '.join(_DICT_FIELDS)} (\"text\" "
+                                 f"required){'; unknown: ' + ', '.join(map(str, unknown)) if unknown else ''}")
+            meta = item.get("metadata") or {}
+            if not isinstance(meta, dict):
+                raise InputError(f"item {i + 1}: \"metadata\" must be a dict, got {type(meta).__name__}")
+            yield Record(text=item["text"], key=item.get("key"), metadata=dict(meta), kind=item.get("kind", "text"),
+                         source="<api>", line=i + 1)
+        else:
+            raise InputError(f"item {i + 1}: expected a text, a dict or a Record, got {type(item).__name__}")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from indexer.builtin import image_index, sentence_index, word_index
-from indexer.index import Progress, _no_progress
+from latent.indexer.builtin import image_index, sentence_index, word_index
+from latent.indexer.index import Progress, _no_progress
 
 from .query import Hit, search, similar
 from .words import neighbours

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.encoders import normalize
-from indexer.errors import LatentError
-from indexer.images import IMAGE_EXTENSIONS
-from indexer.index import Index
+from latent.indexer.encoders import normalize
+from latent.indexer.errors import LatentError
+from latent.indexer.images import IMAGE_EXTENSIONS
+from latent.indexer.index import Index
 
 from .query import Hit, encode_image, encode_query, search_vectors
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.errors import LatentError
-from indexer.index import Index
+from latent.indexer.errors import LatentError
+from latent.indexer.index import Index
 
 from .query import matching_ids
 
@@ -424,7 +424,7 @@ def thumbnail(path: str | None, size: int = 64):
         return None
     from PIL import Image, ImageOps
 
-    from indexer.images import MAX_PIXELS, to_rgb
+    from latent.indexer.images import MAX_PIXELS, to_rgb
 
     try:
         with warnings.catch_warnings():

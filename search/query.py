@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.encoders import normalize
-from indexer.errors import InputError, LatentError
-from indexer.index import Index
+from latent.indexer.encoders import normalize
+from latent.indexer.errors import InputError, LatentError
+from latent.indexer.index import Index
 
 from .filters import parse_where
 
@@ -80,7 +80,7 @@ def similar(index: Index, *, key: str | None = None, vector: np.ndarray | None =
 
 def encode_image(index: Index, path: str | Path) -> np.ndarray:
     """The query vector of an image file, by the index's own encoder."""
-    from indexer.images import load_image
+    from latent.indexer.images import load_image
 
     picture = load_image(path)
     return index.encoder.encode_images([picture])[0][0]

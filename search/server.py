@@ -31,10 +31,10 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import cookie_parser
 
-from indexer.encoders.base import IMAGE_ENCODERS
-from indexer.errors import (EncoderMismatch, EncoderUnavailable, IndexCorrupt, IndexNotFound, LatentError,
+from latent.indexer.encoders.base import IMAGE_ENCODERS
+from latent.indexer.errors import (EncoderMismatch, EncoderUnavailable, IndexCorrupt, IndexNotFound, LatentError,
                             LockTimeout, StorageError)
-from indexer.index import Index
+from latent.indexer.index import Index
 
 from .explore import ExpressionError, Term, analogy, interpolate, parse_expression, search_expression
 from .maps import compute_map, label_text, thumbnail, unit_square
@@ -230,7 +230,7 @@ def name_indexes(directories: list[str]) -> list[str]:
 
 def open_served(directories: list[str], *, preload: bool = False, progress=None) -> dict[str, Served]:
     """Open every index (built-ins are built on first use) and load its vector index."""
-    from indexer.builtin import open_index
+    from latent.indexer.builtin import open_index
 
     if not directories:
         raise ServeError("give at least one index directory (or a built-in index: @words, @sentences, @photos)")
@@ -286,7 +286,7 @@ def check_expression(served: Served, index: Index, text: str) -> None:
 
 def decode_upload(data: bytes):
     """An uploaded image as RGB, by the project's decoding rules (pixel-bomb limit included)."""
-    from indexer.images import ImageRefused, decode_image
+    from latent.indexer.images import ImageRefused, decode_image
 
     try:
         return decode_image(data)[0]
@@ -312,7 +312,7 @@ def hashed_file_thumbnail(path: str, content_hash: str, size: int, cache: "LRU")
     `content_hash`. The file is opened once (no FIFO, no device), hashed and decoded from
     that one descriptor, so a file swapped later (for a symlink, or other bytes) is refused.
     Thumbnails are cached by content hash and size; the file is hashed on every call."""
-    from indexer.images import ImageRefused, open_regular
+    from latent.indexer.images import ImageRefused, open_regular
 
     try:
         with open_regular(path) as f:
@@ -778,7 +778,7 @@ def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("latent")
+        return version("latent-search")
     except PackageNotFoundError:
         return "0"
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from indexer.builtin import word_index
-from indexer.errors import OutOfVocabulary
-from indexer.index import Index, Progress, _no_progress
+from latent.indexer.builtin import word_index
+from latent.indexer.errors import OutOfVocabulary
+from latent.indexer.index import Index, Progress, _no_progress
 
 from .query import Hit, similar
 

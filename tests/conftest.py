@@ -19,8 +19,8 @@ os.environ.setdefault("LATENT_LOCK_TIMEOUT", "5")
 
 import pytest
 
-from indexer import Index, Record
-from indexer.builtin import SENTENCES
+from latent.indexer import Index, Record
+from latent.indexer.builtin import SENTENCES
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,7 +39,7 @@ def sentences() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def glove_words() -> list[str]:
-    from indexer.encoders.glove import load_glove
+    from latent.indexer.encoders.glove import load_glove
 
     return load_glove()[0]
 

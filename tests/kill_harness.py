@@ -39,7 +39,7 @@ COMMITTED = re.compile(r"committed generation (\d+): (\d+) items")
 def latent_command() -> list[str]:
     """The installed `latent` console script next to this Python, else the module."""
     script = Path(sys.executable).with_name("latent")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "import cli; cli.main()"]
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from latent.cli import main; main()"]
 
 
 @dataclass
@@ -150,9 +150,9 @@ class KillHarness:
     def verify(self, run: Run, words: list[str], reported: list[tuple[int, int]]) -> None:
         from click.testing import CliRunner
 
-        from cli import cli
-        from indexer import Index
-        from search import search
+        from latent.cli import cli
+        from latent.indexer import Index
+        from latent.search import search
 
         # before anything repairs it: `latent check` passes, it only notes a file behind the store
         result = CliRunner().invoke(cli, ["check", str(self.directory), "--json"])

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
-from indexer import Index, Record
-from indexer.errors import EncoderMismatch, InputError, LatentError
-from search import search, search_vectors, similar
-from search.query import MAX_K
+from latent.cli import cli
+from latent.indexer import Index, Record
+from latent.indexer.errors import EncoderMismatch, InputError, LatentError
+from latent.search import search, search_vectors, similar
+from latent.search.query import MAX_K
 
 DIM = 50
 
@@ -74,8 +74,8 @@ def test_good_vectors_after_refusals_are_stored_normalised(small):
 
 
 def test_an_encoder_giving_a_zero_vector_is_a_skip_not_an_item(tmp_path):
-    from indexer.encoders import get_encoder
-    from indexer.encoders.glove import GloveEncoder
+    from latent.indexer.encoders import get_encoder
+    from latent.indexer.encoders.glove import GloveEncoder
 
     class Blind(GloveEncoder):  # the real GloVe, except that it sees nothing in one word
         def _embed(self, items):

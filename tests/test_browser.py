@@ -23,8 +23,8 @@ skdata = pytest.importorskip("skimage.data")
 
 from PIL import Image  # noqa: E402
 
-from indexer import Index, Record  # noqa: E402
-from indexer.images import read_images  # noqa: E402
+from latent.indexer import Index, Record  # noqa: E402
+from latent.indexer.images import read_images  # noqa: E402
 
 from conftest import running, word_records  # noqa: E402
 
@@ -71,7 +71,7 @@ def index_dirs(tmp_path_factory, glove_words, sentences, photo_files) -> list[Pa
 
 @pytest.fixture(scope="module")
 def server(index_dirs):
-    from search.server import create_app
+    from latent.search.server import create_app
 
     with running(create_app([str(d) for d in index_dirs])) as url:
         yield url
@@ -355,7 +355,7 @@ def test_the_token_comes_from_the_address_and_goes_with_every_request(browser, i
     import urllib.error
     import urllib.request
 
-    from search.server import create_app
+    from latent.search.server import create_app
 
     with running(create_app([str(d) for d in index_dirs], token=TOKEN)) as url:
         with pytest.raises(urllib.error.HTTPError) as refused:

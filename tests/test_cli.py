@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from latent.cli import cli
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_similar_by_key_and_vector(run, notes, tmp_path):
     assert result.exit_code == 0, result.output
     keys = [h["key"] for h in json.loads(result.output)["hits"]]
     assert len(keys) == 2 and "s0202" not in keys
-    from indexer import Index
+    from latent.indexer import Index
 
     with Index.open(notes) as index:
         np.save(tmp_path / "v.npy", index.store.vector_of_key("s0202", 384))
@@ -165,7 +165,7 @@ def test_help_texts_have_examples(run):
 
 
 def test_images_through_the_cli(run, tmp_path):
-    from indexer.builtin import write_demo_photos
+    from latent.indexer.builtin import write_demo_photos
 
     photos = write_demo_photos(tmp_path / "photos")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")

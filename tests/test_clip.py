@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from indexer.encoders import clip
-from indexer.encoders.clip import load_clip, parse_spec
-from indexer.errors import EncoderUnavailable
+from latent.indexer.encoders import clip
+from latent.indexer.encoders.clip import load_clip, parse_spec
+from latent.indexer.errors import EncoderUnavailable
 
 open_clip = pytest.importorskip("open_clip")
 torch = pytest.importorskip("torch")
@@ -245,7 +245,7 @@ def test_checkpoint_round_trips_through_create_add_search(reference, encoder, ph
 
     from click.testing import CliRunner
 
-    from cli import cli
+    from latent.cli import cli
 
     folder = tmp_path / "pics"
     folder.mkdir()

@@ -37,9 +37,9 @@ import numpy as np
 import pytest
 from conftest import sql, store_generation, word_records
 
-import indexer.vector_index as vx
-from indexer import Index
-from search import search
+import latent.indexer.vector_index as vx
+from latent.indexer import Index
+from latent.search import search
 
 ROOT = Path(__file__).resolve().parent.parent
 LATENT = Path(sys.executable).parent / "latent"
@@ -139,8 +139,8 @@ def next_line(lines: queue.Queue, timeout: float, what: str) -> str:
 # -- the writer ------------------------------------------------------------------------------------
 # Both writing children: vectors.faiss is replaced after every committed batch, and `saves` counts it.
 SAVING_EVERY_BATCH = textwrap.dedent("""
-    import indexer.index as ix
-    import indexer.vector_index as vx
+    import latent.indexer.index as ix
+    import latent.indexer.vector_index as vx
 
     ix.SAVE_EVERY_S = 0
     saves = 0
@@ -162,8 +162,8 @@ SAVING_EVERY_BATCH = textwrap.dedent("""
 # the longest time has passed; prints one JSON line per committed generation.
 WRITER = SAVING_EVERY_BATCH + textwrap.dedent("""
     import json, os, sys, time
-    from indexer import Index, Record
-    from indexer.lock import WriteLock
+    from latent.indexer import Index, Record
+    from latent.indexer.lock import WriteLock
 
     directory, plan_file, duration, pause = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
     at_least, at_most = int(sys.argv[5]), float(sys.argv[6])  # generations to commit, seconds (a loaded machine)
@@ -227,8 +227,8 @@ WRITER = SAVING_EVERY_BATCH + textwrap.dedent("""
 READER = textwrap.dedent("""
     import json, os, random, sys, time, traceback
     from pathlib import Path
-    from indexer import Index
-    from search import search
+    from latent.indexer import Index
+    from latent.search import search
 
     directory, log_file, stop_file = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     rng = random.Random(int(sys.argv[4]))
@@ -626,7 +626,7 @@ def test_second_writer_times_out_then_waits_and_succeeds(tmp_path, glove_words, 
 # argv: directory. Reads JSON commands on stdin: add (batches, pause), delete, rebuild; answers one JSON line each.
 STEPPER = SAVING_EVERY_BATCH + textwrap.dedent("""
     import json, sys, time
-    from indexer import Index, Record
+    from latent.indexer import Index, Record
 
     index = Index.open(sys.argv[1])
     print("ready", flush=True)

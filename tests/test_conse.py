@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer import Index
-from indexer.builtin import DEMO_FACES, DEMO_PHOTOS, write_demo_photos
-from indexer.encoders import get_encoder
-from indexer.images import read_images
-from search import search, similar
+from latent.indexer import Index
+from latent.indexer.builtin import DEMO_FACES, DEMO_PHOTOS, write_demo_photos
+from latent.indexer.encoders import get_encoder
+from latent.indexer.images import read_images
+from latent.search import search, similar
 
 skdata = pytest.importorskip("skimage.data")
 

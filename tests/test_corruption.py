@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import indexer.vector_index as vx
-from cli import cli
-from indexer import Index
-from indexer.errors import IndexCorrupt
-from search import similar
+import latent.indexer.vector_index as vx
+from latent.cli import cli
+from latent.indexer import Index
+from latent.indexer.errors import IndexCorrupt
+from latent.search import similar
 
 from conftest import word_records
 
@@ -82,7 +82,7 @@ TRIAL_CHILD = textwrap.dedent("""
     import faiss
     import test_corruption as t
     from pathlib import Path
-    from indexer import Index
+    from latent.indexer import Index
 
     directory, trials, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     healthy = (directory / "vectors.faiss").read_bytes()
@@ -165,7 +165,7 @@ def test_random_damage_to_the_vectors_file_is_detected_and_repaired(healthy, tmp
 
 WAL_CHILD = textwrap.dedent("""
     import os, signal, sys
-    from indexer import Index, Record
+    from latent.indexer import Index, Record
 
     index = Index.open(sys.argv[1])
     index.store.db.execute("PRAGMA wal_autocheckpoint = 0")  # keep the commits in the -wal file

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from indexer.encoders.efficientnet import (
+from latent.indexer.encoders.efficientnet import (
     EfficientNetEncoder,
     load_efficientnet,
     map_state_dict,
     timm_key,
 )
-from indexer.errors import EncoderMismatch, EncoderUnavailable, InputError
+from latent.indexer.errors import EncoderMismatch, EncoderUnavailable, InputError
 
 
 def _pil(array) -> Image.Image:

@@ -4,8 +4,8 @@ local checkpoints through the same path as hub names; failures are clear errors.
 import numpy as np
 import pytest
 
-from indexer.encoders import get_encoder, list_encoders, normalize
-from indexer.errors import EncoderMismatch, EncoderUnavailable, OutOfVocabulary
+from latent.indexer.encoders import get_encoder, list_encoders, normalize
+from latent.indexer.errors import EncoderMismatch, EncoderUnavailable, OutOfVocabulary
 
 
 def test_minilm_vectors_are_normalised_and_semantic():
@@ -69,7 +69,7 @@ def test_normalize_refuses_nan():
 
 def test_unreachable_hub_fails_at_once_without_offline_mode(monkeypatch):
     """Not in the local cache and no hub: the error comes before the hub client's minute of retries."""
-    from indexer.encoders import sentence
+    from latent.indexer.encoders import sentence
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(sentence, "_hub_reachable", lambda timeout=3.0: False)
@@ -79,9 +79,9 @@ def test_unreachable_hub_fails_at_once_without_offline_mode(monkeypatch):
 
 def test_precomputed_vectors_encoder(tmp_path):
     """`vectors:<dim>`: an index of vectors made elsewhere, searched by vector or key; text is refused."""
-    from indexer import Index
-    from indexer.errors import EncoderMismatch, EncoderUnavailable
-    from search import search, search_vectors, similar
+    from latent.indexer import Index
+    from latent.indexer.errors import EncoderMismatch, EncoderUnavailable
+    from latent.search import search, search_vectors, similar
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((50, 64)).astype(np.float32)

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from indexer import Index, Record
-from indexer.errors import EncoderMismatch, IndexExists, IndexNotFound
-from search import search, search_vectors, similar
+from latent.indexer import Index, Record
+from latent.indexer.errors import EncoderMismatch, IndexExists, IndexNotFound
+from latent.search import search, search_vectors, similar
 
 from conftest import word_records
 
@@ -168,7 +168,7 @@ def test_create_and_open_errors(tmp_path):
 
 
 def test_training_rebuild_is_saved_after_periodic_saves(tmp_path, glove_words, monkeypatch):
-    monkeypatch.setattr("indexer.index.SAVE_EVERY_S", 0.0)  # save after every batch
+    monkeypatch.setattr("latent.indexer.index.SAVE_EVERY_S", 0.0)  # save after every batch
     index = Index.create(tmp_path / "ivf", encoder="glove", index_type="ivf")
     index.add(word_records(glove_words[:21000]), batch_size=7000)
     reopened = Index.open(tmp_path / "ivf")
@@ -206,7 +206,7 @@ def test_rows_cached_by_searches_follow_every_write(make_word_index, glove_words
 
 def test_auto_goes_flat_then_hnsw_then_ivfpq_as_the_index_grows(make_word_index, glove_words, monkeypatch):
     """The size rule of `auto` (thresholds scaled down here; the real ones are 2^25 and 2^30 floats)."""
-    from indexer import vector_index as vx
+    from latent.indexer import vector_index as vx
 
     monkeypatch.setattr(vx, "AUTO_FLAT_MAX_FLOATS", 50 * 1000)
     monkeypatch.setattr(vx, "AUTO_HNSW_MAX_FLOATS", 50 * 5000)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
-from indexer.builtin import word_index
-from indexer.encoders import normalize
-from search.explore import (ExpressionError, analogy, analogy_scores, interpolate, parse_expression,
+from latent.cli import cli
+from latent.indexer.builtin import word_index
+from latent.indexer.encoders import normalize
+from latent.search.explore import (ExpressionError, analogy, analogy_scores, interpolate, parse_expression,
                             search_expression, slerp)
 
 DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
@@ -43,7 +43,7 @@ def test_included_inputs_are_ranked_honestly(words):
 
 def test_engine_analogies_equal_brute_force_on_the_google_set(words, glove_words):
     """200 questions of the Google set: the engine's 3CosAdd answer is the exact numpy one."""
-    from indexer.encoders.glove import load_glove
+    from latent.indexer.encoders.glove import load_glove
 
     _, rows, raw = load_glove()
     vectors = normalize(np.asarray(raw))
@@ -110,9 +110,9 @@ def test_unknown_bare_terms_are_errors(words):
 
 
 def test_texts_and_images_in_expressions(sentence_index_dir, tmp_path):
-    from indexer import Index
-    from indexer.builtin import write_demo_photos
-    from indexer.images import read_images
+    from latent.indexer import Index
+    from latent.indexer.builtin import write_demo_photos
+    from latent.indexer.images import read_images
 
     with Index.open(sentence_index_dir) as sentences:
         hits = search_expression(sentences, '"a dog running on the beach" - "the ocean"', k=3)

@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import indexer.index as index_mod
-import indexer.store as store_mod
-import indexer.vector_index as vx
-from cli import cli
-from indexer import Index
-from search import search
+import latent.indexer.index as index_mod
+import latent.indexer.store as store_mod
+import latent.indexer.vector_index as vx
+from latent.cli import cli
+from latent.indexer import Index
+from latent.search import search
 
 from conftest import word_records
 

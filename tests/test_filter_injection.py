@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from indexer import FilterError, Index, read_inputs
-from indexer.errors import InputError
-from search import parse_where, search_vectors
-from search.filters import _tokenize
+from latent.indexer import FilterError, Index, read_inputs
+from latent.indexer.errors import InputError
+from latent.search import parse_where, search_vectors
+from latent.search.filters import _tokenize
 
 DIM = 50  # GloVe's dimension; add_vectors never encodes, so the word vectors are not loaded
 SETTINGS = {"deadline": None, "database": None, "derandomize": True,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import word_records
-from indexer import FilterError, Index, Record
-from search import parse_where, search, search_vectors
-from search import query as query_module
-from search.query import encode_query
+from latent.indexer import FilterError, Index, Record
+from latent.search import parse_where, search, search_vectors
+from latent.search import query as query_module
+from latent.search.query import encode_query
 
 K = 10
 QUERIES = ("king", "water", "computer")

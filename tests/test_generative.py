@@ -30,14 +30,14 @@ pytest.importorskip("sklearn")
 
 from PIL import Image  # noqa: E402
 
-from indexer import EncoderMismatch, EncoderUnavailable, Index, InputError, LatentError  # noqa: E402
-from indexer.generative import (Dataset, ModelFileError, PixelEncoder, add_dataset, add_images, evaluate_direction,  # noqa: E402
+from latent.indexer import EncoderMismatch, EncoderUnavailable, Index, InputError, LatentError  # noqa: E402
+from latent.generative import (Dataset, ModelFileError, PixelEncoder, add_dataset, add_images, evaluate_direction,  # noqa: E402
                                 find_direction, label_images, load_dataset, load_digits, load_gan, load_reference,
                                 load_vae, load_vae_encoder, open_index, reference_index, save_grid, source_samples,
                                 train_gan, train_vae, walk)
-from indexer.generative.data import digit_image  # noqa: E402
-from indexer.generative.grids import compose  # noqa: E402
-from search import search_vectors  # noqa: E402
+from latent.generative.data import digit_image  # noqa: E402
+from latent.generative.grids import compose  # noqa: E402
+from latent.search import search_vectors  # noqa: E402
 
 SIZE = 16
 VAE_SMALL = {"latent_dim": 10, "width": 16, "hidden": 128, "epochs": 20, "seed": 0}
@@ -393,7 +393,7 @@ def test_grids_upscale_and_separate(tmp_path):
 def run():
     from click.testing import CliRunner
 
-    from cli import cli
+    from latent.cli import cli
 
     if "vae" not in cli.commands or "gan" not in cli.commands:
         pytest.skip("the `latent vae` / `latent gan` commands are not in cli.py yet")

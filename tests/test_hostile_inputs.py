@@ -254,7 +254,7 @@ def stored_skips(index_dir: Path) -> set[tuple[str, int | None, str]]:
 
 
 def vector_ids(index_dir: Path) -> list[int]:
-    from indexer import Index
+    from latent.indexer import Index
 
     with Index.open(index_dir) as index:
         return sorted(int(i) for i in index.vectors.ids())
@@ -353,8 +353,8 @@ def test_hostile_corpus_through_the_cli(corpus, tmp_path):
 
 # -- the limits behind it, in process ------------------------------------------------------------
 def test_line_limit_edges(tmp_path, monkeypatch):
-    from indexer import readers
-    from indexer.readers import LINE_TOO_LONG, Record, Skip, read_inputs
+    from latent.indexer import readers
+    from latent.indexer.readers import LINE_TOO_LONG, Record, Skip, read_inputs
 
     monkeypatch.setattr(readers, "MAX_LINE_BYTES", 12)
     cases = {  # name: (bytes, [(line, text) of the records], [lines skipped as too long])
@@ -372,7 +372,7 @@ def test_line_limit_edges(tmp_path, monkeypatch):
 
 
 def test_files_that_are_not_text_are_skipped_whole(tmp_path):
-    from indexer.readers import Record, Skip, read_inputs
+    from latent.indexer.readers import Record, Skip, read_inputs
 
     files = {
         "empty.txt": (b"", "empty file"),
@@ -398,8 +398,8 @@ def test_the_pixel_limit_is_latents_both_ways(monkeypatch):
     import numpy as np
     from PIL import Image as PILImage
 
-    from indexer import images
-    from indexer.images import ImageRefused, decode_image
+    from latent.indexer import images
+    from latent.indexer.images import ImageRefused, decode_image
 
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored afterwards
     data = image_bytes(np.zeros((60, 60), np.uint8), "PNG")  # 3,600 pixels
@@ -418,8 +418,8 @@ def test_large_images_are_decoded_reduced_with_their_true_size(fmt, mode, monkey
     import numpy as np
     from PIL import ImageOps
 
-    from indexer import images
-    from indexer.images import decode_image, to_rgb
+    from latent.indexer import images
+    from latent.indexer.images import decode_image, to_rgb
 
     monkeypatch.setattr(images, "WORK_SIDE", WORK_SIDE := 96)  # 1024 in use; smaller is quicker here
     big = Image.fromarray(skdata.astronaut()).resize((2 * WORK_SIDE + 100, 2 * WORK_SIDE + 40))

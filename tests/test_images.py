@@ -11,10 +11,10 @@ from PIL import Image
 
 from conftest import png_bomb
 
-from indexer import Index, InputError, Record
-from indexer.images import ImageRecord, ImageRefused, decode_image, load_image, read_images
-from indexer.readers import Skip, read_inputs
-from search import search, similar
+from latent.indexer import Index, InputError, Record
+from latent.indexer.images import ImageRecord, ImageRefused, decode_image, load_image, read_images
+from latent.indexer.readers import Skip, read_inputs
+from latent.search import search, similar
 
 skdata = pytest.importorskip("skimage.data")
 

@@ -14,8 +14,8 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from indexer import Index, Record
-from search.maps import MapError, colouring, compute_map, render_html, render_png
+from latent.indexer import Index, Record
+from latent.search.maps import MapError, colouring, compute_map, render_html, render_png
 
 pytest.importorskip("matplotlib")
 
@@ -254,7 +254,7 @@ def image_map(tmp_path_factory):
     skdata = pytest.importorskip("skimage.data")
     from PIL import Image
 
-    from indexer.images import read_images
+    from latent.indexer.images import read_images
 
     root = tmp_path_factory.mktemp("map-photos")
     for name in ("chelsea", "coffee", "rocket", "astronaut", "camera", "coins"):

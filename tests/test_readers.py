@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import Index, InputError, Record, Skip, read_inputs
-from indexer.readers import content_hash, detect_format
-from search import search
+from latent.indexer import Index, InputError, Record, Skip, read_inputs
+from latent.indexer.readers import content_hash, detect_format
+from latent.search import search
 
 BOM = b"\xef\xbb\xbf"
 

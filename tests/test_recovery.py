@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import indexer.vector_index as vx
-from cli import cli
-from indexer import Index, Record
-from indexer.errors import LockTimeout, StorageError
-from indexer.lock import WriteLock
-from search import search
+import latent.indexer.vector_index as vx
+from latent.cli import cli
+from latent.indexer import Index, Record
+from latent.indexer.errors import LockTimeout, StorageError
+from latent.indexer.lock import WriteLock
+from latent.search import search
 
 from conftest import sql, store_generation, word_records
 
@@ -222,8 +222,8 @@ def test_crash_after_commit_deletes_upserts_and_metadata_are_caught_up(make_word
 # -- 2. a real SIGKILL of a writing process ---------------------------------------------------------------
 CHILD = textwrap.dedent("""
     import sys
-    from indexer import Index, Record
-    from indexer.encoders.glove import load_glove
+    from latent.indexer import Index, Record
+    from latent.indexer.encoders.glove import load_glove
 
     directory, start, stop, batch, chunk = sys.argv[1], *map(int, sys.argv[2:6])
     words = load_glove()[0]
@@ -304,7 +304,7 @@ def test_sigkilled_writer_loses_nothing_committed(tmp_path, glove_words):
 
 KILL_AT_RENAME = textwrap.dedent("""
     import os, signal, sys
-    from indexer import Index, Record
+    from latent.indexer import Index, Record
 
     index = Index.open(sys.argv[1])
 
@@ -559,7 +559,7 @@ def test_reader_catches_up_in_memory_while_writer_holds_lock(make_word_index, gl
 
 HOLDER = textwrap.dedent("""
     import sys
-    from indexer.lock import WriteLock
+    from latent.indexer.lock import WriteLock
     lock = WriteLock(sys.argv[1], timeout=5).acquire()
     print("held", flush=True)
     sys.stdin.read()  # hold until the test closes our stdin

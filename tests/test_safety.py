@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [p for folder in ("indexer", "search", "benchmarks", "tests") for p in (ROOT / folder).rglob("*.py")
+SOURCES = [p for folder in ("indexer", "search", "generative", "benchmarks", "tests") for p in (ROOT / folder).rglob("*.py")
            if p.name != "test_safety.py"] + [ROOT / "cli.py"]
 UNSAFE = ("pickle.load(", "pickle.loads(", "pickle.Unpickler", "cPickle", "marshal.load", "shelve.open",
           "dill.load", "joblib.load(", "allow_pickle=True", "read_pickle(", "torch.jit.load(")

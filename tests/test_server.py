@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
 from PIL import Image
 
-from indexer import Index
-from indexer.images import read_images
-from search.server import STATIC_DIR, Limits, ServeError, check_bind, create_app, name_indexes
+from latent.indexer import Index
+from latent.indexer.images import read_images
+from latent.search.server import STATIC_DIR, Limits, ServeError, check_bind, create_app, name_indexes
 
 from conftest import png_bomb, running, word_records
 
@@ -351,10 +351,10 @@ def test_a_url_is_just_text(client):
 
 def test_terms_that_name_files_are_never_read(client, photo_dir, monkeypatch):
     """explore.resolve would encode an existing image path; through the server, it is text or an error."""
-    import search.explore
+    import latent.search.explore
 
     read = []
-    monkeypatch.setattr(search.explore, "encode_image", lambda index, path: read.append(path))
+    monkeypatch.setattr(latent.search.explore, "encode_image", lambda index, path: read.append(path))
     path = str(photo_dir / "coffee.jpg")
     ok(client.get("/api/indexes/photos/interpolate", params={"a": path, "b": "a cat", "steps": 3}))
     ok(client.get("/api/indexes/photos/analogy", params={"a": path, "b": "a cat", "c": "a rocket"}))
@@ -478,14 +478,14 @@ def test_cli_refuses_public_hosts_without_public_and_a_token(dirs, monkeypatch):
     done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "serve", str(dirs["live"]), "--host", "0.0.0.0"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "refusing to listen on 0.0.0.0" in done.stderr and "--public" in done.stderr
-    from cli import cli
+    from latent.cli import cli
 
     monkeypatch.delenv("LATENT_TOKEN", raising=False)
     runner = CliRunner()
     result = runner.invoke(cli, ["serve", str(dirs["live"]), "--host", "0.0.0.0", "--public"])
     assert result.exit_code == 1 and "--public needs a token" in result.output
     calls = []
-    monkeypatch.setattr("search.server.serve", lambda dirs_, **kw: calls.append((dirs_, kw)))
+    monkeypatch.setattr("latent.search.server.serve", lambda dirs_, **kw: calls.append((dirs_, kw)))
     monkeypatch.setenv("LATENT_TOKEN", TOKEN)
     result = runner.invoke(cli, ["serve", str(dirs["live"]), "@words", "--port", "8123", "--max-upload-mb", "5"])
     assert result.exit_code == 0, result.output

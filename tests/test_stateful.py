@@ -37,9 +37,9 @@ from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import indexer.vector_index as vx
-from indexer import Index, LatentError, get_encoder
-from search.query import MAX_K, search, search_vectors, similar
+import latent.indexer.vector_index as vx
+from latent.indexer import Index, LatentError, get_encoder
+from latent.search.query import MAX_K, search, search_vectors, similar
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 50
@@ -121,8 +121,8 @@ SCALES = (1e-15, 1e-3, 1e3, 1e15) + EXTREME_SCALES
 FRESH_PROCESS = r"""
 import json, sys
 import numpy as np
-from indexer import Index
-from search.query import search_vectors
+from latent.indexer import Index
+from latent.search.query import search_vectors
 
 req = json.load(sys.stdin)
 out = {}

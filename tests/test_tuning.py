@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
-from indexer import Index
-from indexer.encoders import get_encoder
-from indexer.errors import InputError
-from indexer.tuning import MIN_ITEMS, goal_for, recall
-from search import search_vectors
+from latent.cli import cli
+from latent.indexer import Index
+from latent.indexer.encoders import get_encoder
+from latent.indexer.errors import InputError
+from latent.indexer.tuning import MIN_ITEMS, goal_for, recall
+from latent.search import search_vectors
 
 from conftest import word_records
 

@@ -1,21 +1,35 @@
-"""Encoders: a registry from names to factories. Heavy libraries (torch,
-sentence-transformers) are imported only when an encoder that needs them loads."""
+"""Encoders: a registry from names (or prefixes such as `clip:`) to factories, open to
+plugins (see latent.indexer.plugins). Heavy libraries (torch, sentence-transformers) are
+imported only when an encoder that needs them loads."""
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 from ..errors import EncoderUnavailable
+from ..plugins import call_hook
 from .base import Encoder, normalize
 
 _FACTORIES: dict[str, tuple[Callable[[], Encoder], str]] = {}
+# prefix -> (factory of the rest of the name, description, canonical form of the rest, cached, what the rest is)
+_PREFIXES: dict[str, tuple[Callable[[str], Encoder], str, Callable[[str], str], bool, str]] = {}
 _LOADED: dict[str, Encoder] = {}
 
 
-def register(name: str, factory: Callable[[], Encoder], description: str) -> None:
-    """Register an encoder factory under a name (`latent encoders` lists them)."""
-    _FACTORIES[name] = (factory, description)
+def register(name: str, factory: Callable, description: str, *, canonical: Callable[[str], str] | None = None,
+             cached: bool = True, argument: str = "<argument>") -> None:
+    """Register an encoder under a name (`latent encoders` lists them). A name ending in ":"
+    is a prefix: `factory(rest)` makes the encoder `prefix + rest`, `canonical(rest)` gives
+    the form an index records (absolute paths, say), `cached=False` leaves the caching of
+    loaded encoders to the factory, and `argument` names the rest in listings."""
+    if name.endswith(":"):
+        _PREFIXES[name] = (factory, description, canonical or (lambda rest: rest), cached, argument)
+    else:
+        _FACTORIES[name] = (factory, description)
+
+
+def _plugins() -> None:
+    call_hook("register_encoders", register)
 
 
 def _glove() -> Encoder:
@@ -49,44 +63,67 @@ register("efficientnet", _efficientnet,
 register("conse", _conse, "texts and images in one 384-d space, offline: ConSE over efficientnet + minilm (bundled)")
 
 
+def _st(rest: str) -> Encoder:
+    from .sentence import SentenceTransformerEncoder
+
+    return SentenceTransformerEncoder(rest)
+
+
+def _clip(rest: str) -> Encoder:
+    from .clip import load_clip
+
+    return load_clip(rest)
+
+
+def _vectors(rest: str) -> Encoder:
+    from .vectors import parse
+
+    return parse("vectors:" + rest)
+
+
+register("st:", _st, "any sentence-transformers model: a local folder, or a hub name (needs a network)",
+         argument="<name-or-path>")
+register("clip:", _clip, "open_clip, texts and images: a pretrained tag (needs a network or the hub cache) or a "
+         "local checkpoint file", argument="<arch>/<pretrained>")
+register("vectors:", _vectors,
+         "no model: vectors made elsewhere, added with Index.add_vectors and searched by vector or key",
+         argument="<dim>")
+
+
 def list_encoders() -> dict[str, str]:
-    """Names and descriptions of the registered encoders, plus the `st:` family."""
+    """Names and descriptions of the registered encoders and encoder families (prefixes)."""
+    _plugins()
     out = {name: desc for name, (_, desc) in _FACTORIES.items()}
-    out["st:<name-or-path>"] = "any sentence-transformers model: a local folder, or a hub name (needs a network)"
-    out["clip:<arch>/<pretrained>"] = ("open_clip, texts and images: a pretrained tag (needs a network or the "
-                                       "hub cache) or a local checkpoint file")
-    out["vae:<model file>"] = "the latent means of a VAE trained with `latent vae train` (images)"
-    out["vectors:<dim>"] = "no model: vectors made elsewhere, added with Index.add_vectors and searched by vector or key"
+    for prefix, (_, desc, _, _, argument) in _PREFIXES.items():
+        out[prefix + argument] = desc
     return out
 
 
+def _prefix_of(name: str) -> str | None:
+    head, sep, rest = name.partition(":")
+    if not sep or (not rest and head != "vectors"):
+        return None
+    if head + ":" not in _PREFIXES:
+        _plugins()
+    return head + ":" if head + ":" in _PREFIXES else None
+
+
 def canonical_name(name: str) -> str:
-    """The name an encoder is recorded under: file-based names use absolute paths."""
-    if name.startswith("vae:") and len(name) > 4:
-        return "vae:" + os.path.abspath(os.path.expanduser(name[4:]))
-    return name
+    """The name an encoder is recorded under (a plugin's file-based names use absolute paths)."""
+    prefix = _prefix_of(name)
+    return prefix + _PREFIXES[prefix][2](name[len(prefix):]) if prefix else name
 
 
 def get_encoder(name: str) -> Encoder:
     """Return the encoder called `name`, loading it once per process."""
-    if name.startswith("vae:") and len(name) > 4:  # cached by the loader, which sees a retrained file
-        from ..generative import load_vae_encoder
-
-        return load_vae_encoder(canonical_name(name)[4:])
     if name in _LOADED:
         return _LOADED[name]
-    if name.startswith("st:") and len(name) > 3:
-        from .sentence import SentenceTransformerEncoder
-
-        encoder: Encoder = SentenceTransformerEncoder(name[3:])
-    elif name.startswith("clip:") and len(name) > 5:
-        from .clip import load_clip
-
-        encoder = load_clip(name[5:])
-    elif name.startswith("vectors:"):
-        from .vectors import parse
-
-        encoder = parse(name)
+    prefix = _prefix_of(name)
+    if prefix is not None:
+        factory, _, canonical, cached, _ = _PREFIXES[prefix]
+        encoder = factory(canonical(name[len(prefix):]))
+        if not cached:  # the factory caches (a plugin that sees its model file change on disk)
+            return encoder
     elif name in _FACTORIES:
         encoder = _FACTORIES[name][0]()
     else:

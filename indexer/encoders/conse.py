@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..paths import cache_dir
 from .base import Encoder, normalize
 
 # Chosen by measurement (benchmarks/bench_conse.py: 14 text queries against 13 bundled photos;
@@ -63,8 +64,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def _class_vectors(text: Encoder, labels: tuple[str, ...], prompt: str) -> np.ndarray:
     """minilm embeddings of the 1000 class prompts, cached on disk (they take seconds to compute)."""
-    from ..builtin import cache_dir
-
     digest = hashlib.sha256("\n".join([text.version, prompt, *labels]).encode()).hexdigest()[:16]
     path = cache_dir() / f"conse-classes-{digest}.npy"
     return _load_or_compute(str(path), text, labels, prompt)

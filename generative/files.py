@@ -20,7 +20,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from ..errors import InputError
+from latent.indexer.errors import InputError
 
 FORMAT_VERSION = 1
 KINDS = ("vae", "gan")

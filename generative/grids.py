@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from latent.indexer.errors import InputError
 
 CELL_PIXELS = 64  # default upscaling: each image at least this many pixels wide
 SEPARATOR = 2     # pixels between cells (and around the picture)

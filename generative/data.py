@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..encoders.base import Encoder
-from ..errors import InputError, LatentError
-from ..readers import Skip
+from latent.indexer.encoders.base import Encoder
+from latent.indexer.errors import InputError, LatentError
+from latent.indexer.readers import Skip
 
 DIGITS = "digits"
 DIGITS_SIZE = 16  # default model size for the digits: the 8x8 images upsampled twice
@@ -96,7 +96,7 @@ def load_digits(size: int = DIGITS_SIZE) -> Dataset:
 def load_folder(paths: Sequence[str | Path], size: int = FOLDER_SIZE, *,
                 progress: Progress = _no_progress) -> Dataset:
     """The images of folders (recursively) or files, grey and resized; bad files become Skips."""
-    from ..images import ImageRefused, decode_image, read_images
+    from latent.indexer.images import ImageRefused, decode_image, read_images
 
     check_size(size)
     arrays, keys, skipped = [], [], []
@@ -135,7 +135,7 @@ def load_dataset(spec: str | Path, size: int | None = None, *, progress: Progres
 
 def load_reference(ref: str | Path, size: int) -> tuple[np.ndarray, str]:
     """(model input (1, size, size), description) of `digits:<n>` or an image file."""
-    from ..images import load_image
+    from latent.indexer.images import load_image
 
     text = str(ref)
     if text.startswith(DIGITS + ":") and not Path(text).exists():
@@ -222,7 +222,7 @@ def add_dataset(index, encoder: Encoder, data: Dataset, *, progress: Progress = 
 
 def reference_index(directory: str | Path, data: Dataset, encoder: Encoder | None = None):
     """A new flat index in `directory` of a labelled Dataset (pixel vectors unless `encoder` is given)."""
-    from ..index import Index
+    from latent.indexer.index import Index
 
     if data.labels is None:
         raise InputError(f"{data.source} has no labels; nearest-neighbour labels need a labelled index "
@@ -240,7 +240,7 @@ def label_images(index, images: np.ndarray, *, encoder: Encoder | None = None, k
     Images are (n, s, s) arrays in [0, 1]; they are encoded like any query image, by
     `encoder` (default: the index's own) from RGB PIL images. Ties go to the label met
     first, i.e. the nearer one; None when no neighbour carries the field."""
-    from search.query import search_vectors
+    from latent.search.query import search_vectors
 
     encoder = encoder or index.encoder
     images = as_images(images)

@@ -12,8 +12,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..encoders.base import torch_threads  # noqa: F401  (the generative modules take it from here)
-from ..errors import InputError
+from latent.indexer.encoders.base import torch_threads  # noqa: F401  (the generative modules take it from here)
+from latent.indexer.errors import InputError
 from .data import check_size
 
 OnEpoch = Callable[[dict], None]  # called after every epoch with that epoch's figures

@@ -1,0 +1,36 @@
+"""latent: vector similarity search over latent spaces.
+
+The object API::
+
+    import latent
+    ix = latent.create("notes", encoder="minilm")   # latent.open("notes") for an existing one
+    ix.add(["first text", "second text"])
+    hits = ix.search("query", k=10, where="year >= 2000")
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("latent-search")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+DISTRIBUTION = "latent-search"
+
+from .indexer.encoders import Encoder, get_encoder, list_encoders, register as register_encoder
+from .indexer.errors import (EncoderMismatch, EncoderUnavailable, FilterError, IndexCorrupt, IndexExists,
+                             IndexNotFound, InputError, LatentError, LockTimeout, OutOfVocabulary, StorageError)
+from .indexer.index import IngestReport
+from .indexer.readers import Record, Skip, read_inputs
+from .search.collection import Collection, analogy, create, interpolate, open
+from .search.explore import Step
+from .search.query import Hit
+
+__all__ = [
+    "create", "open", "analogy", "interpolate", "Collection", "Hit", "Step", "IngestReport",
+    "Record", "Skip", "read_inputs", "Encoder", "get_encoder", "list_encoders", "register_encoder",
+    "LatentError", "IndexNotFound", "IndexExists", "EncoderMismatch", "EncoderUnavailable", "OutOfVocabulary",
+    "LockTimeout", "FilterError", "InputError", "IndexCorrupt", "StorageError",
+]

@@ -1,0 +1,22 @@
+"""latent.generative as a plugin of latent (entry point `latent.plugins`): the `vae:` encoder
+family and, for the CLI, the `vae` and `gan` command groups."""
+
+from __future__ import annotations
+
+import os
+
+
+def _vae(path: str):
+    from .vae import load_vae_encoder  # torch loads with the first VAE, not with latent
+
+    return load_vae_encoder(path)
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def register_encoders(register) -> None:
+    # cached by the loader itself, which sees a model file retrained on disk
+    register("vae:", _vae, "the latent means of a VAE trained with `latent vae train` (images)",
+             canonical=_absolute, cached=False, argument="<model file>")

@@ -1,0 +1,87 @@
+"""The object API: `Collection`, an index you can write and search. It adds the reading side
+(search, similar, paths, analogies, expressions) to the writing side's `Index`, so one object
+does both; `latent.create` and `latent.open` return one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from latent.indexer.builtin import open_index
+from latent.indexer.errors import InputError
+from latent.indexer.index import Index, Progress, _no_progress
+
+from . import explore, query
+from .query import Hit
+
+
+class Collection(Index):
+    """A latent index: `add`, `add_vectors`, `delete`, `info`, `check`, `tune`, `rebuild` (from
+    Index) and `search`, `similar`, `search_vectors`, `interpolate`, `analogy`."""
+
+    def search(self, query_: str | np.ndarray | None = None, *, k: int = 10, where: str | None = None,
+               expr: str | None = None, include_terms: bool = False, min_score: float | None = None) -> list[Hit]:
+        """The k nearest items to a text (encoded by the index's encoder), a vector, or a vector
+        expression such as `expr='king - man + woman'` (whose keys are left out unless
+        `include_terms`); `where` filters on metadata first; hits below `min_score` are dropped."""
+        if (query_ is None) == (expr is None):
+            raise InputError("give a query (a text or a vector) or an expression, not both"
+                             if expr is not None else "the query is missing: give a text, a vector or an expression")
+        if expr is not None:
+            hits = explore.search_expression(self, expr, k=k, where=where, include_terms=include_terms)
+        else:
+            hits = query.search(self, query_, k=k, where=where)
+        return _above(hits, min_score)
+
+    def search_vectors(self, vectors: np.ndarray, *, k: int = 10, where: str | None = None) -> list[list[Hit]]:
+        """Hits for each row of `vectors` (float32, (n, dim) or (dim,))."""
+        return query.search_vectors(self, vectors, k=k, where=where)
+
+    def similar(self, *, key: str | None = None, vector: np.ndarray | None = None, image: str | Path | None = None,
+                k: int = 10, where: str | None = None, min_score: float | None = None) -> list[Hit]:
+        """The k nearest items to a stored item (itself left out), a vector or an image file."""
+        return _above(query.similar(self, key=key, vector=vector, image=image, k=k, where=where), min_score)
+
+    def interpolate(self, a: str, b: str, *, steps: int = 10, method: str = "slerp", exclude_endpoints: bool = False,
+                    where: str | None = None) -> list[explore.Step]:
+        """The nearest item at each of `steps` points from A to B (keys, texts or image files)."""
+        return explore.interpolate(self, a, b, steps=steps, method=method, exclude_endpoints=exclude_endpoints,
+                                   where=where)
+
+    def analogy(self, a: str, b: str, c: str, *, k: int = 10, method: str = "add",
+                include_inputs: bool = False) -> list[Hit]:
+        """"a is to b as c is to ?" by 3CosAdd (`method="add"`) or 3CosMul (`"mul"`)."""
+        return explore.analogy(self, a, b, c, k=k, method=method, include_inputs=include_inputs)
+
+
+def _above(hits: list[Hit], min_score: float | None) -> list[Hit]:
+    return hits if min_score is None else [h for h in hits if h.score >= min_score]
+
+
+def create(directory: str | Path, *, encoder: str = "minilm", index_type: str = "auto", params: dict | None = None,
+           target_recall: float | None = None) -> Collection:
+    """A new, empty index in `directory` (see `latent encoders` for the encoder names)."""
+    return Collection.create(directory, encoder=encoder, index_type=index_type, params=params,
+                             target_recall=target_recall)
+
+
+def open(directory: str | Path, *, progress: Progress = _no_progress) -> Collection:  # noqa: A001 (as gzip.open)
+    """An existing index, or a built-in one by name (`@words`, `@sentences`, `@photos`), built
+    in the cache directory on first use."""
+    return open_index(directory, progress=progress, cls=Collection)
+
+
+def _collection(index: Collection | str | Path) -> Collection:
+    return index if isinstance(index, Collection) else open(index)
+
+
+def analogy(a: str, b: str, c: str, *, index: Collection | str | Path = "@words", k: int = 10,
+            method: str = "add", include_inputs: bool = False) -> list[Hit]:
+    """"a is to b as c is to ?" on an index (all GloVe words unless `index` says otherwise)."""
+    return _collection(index).analogy(a, b, c, k=k, method=method, include_inputs=include_inputs)
+
+
+def interpolate(index: Collection | str | Path, a: str, b: str, **options) -> list[explore.Step]:
+    """The path from A to B through an index (a Collection, a directory or a built-in name)."""
+    return _collection(index).interpolate(a, b, **options)
