@@ -19,6 +19,7 @@ from .encoders import Encoder, canonical_name, get_encoder
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
 from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary,
                      StorageError)
+from .filters import parse_where
 from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock, env_seconds
 from .readers import Item, Record, Skip, as_items, content_hash, records_from_texts
@@ -185,6 +186,56 @@ class Index:
                 f"{self.encoder_name!r} makes {self.dim}-d vectors"
             )
         return vectors
+
+    # -- reading the store (the search side reads through these, never the store itself) -----
+    def snapshot(self):
+        """A context in which every read sees one committed generation of the store."""
+        return self.store.snapshot()
+
+    def generation(self) -> int:
+        """The store's generation: it grows with every committed write."""
+        return self.store.generation()
+
+    def reload_manifest(self) -> dict:
+        """Read the manifest again (another process may have tuned or rebuilt the index)."""
+        self.manifest = self.store.manifest()
+        return self.manifest
+
+    def ids(self) -> np.ndarray:
+        """The ids of every item, ascending."""
+        return self.store.ids()
+
+    def matching_ids(self, where: str | None, generation: int | None = None) -> np.ndarray | None:
+        """Ids of the items a filter matches (None: no filter); with the store's `generation`, read
+        in the caller's snapshot, a filter used again in that generation is answered from memory."""
+        if where is None or not where.strip():
+            return None
+        sql, params = parse_where(where)
+        return self.store.ids_where(sql, params, generation)
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, tuple[int, str, str]]:
+        """{key: (id, kind, content hash)} of the keys that are stored."""
+        return self.store.lookup(keys)
+
+    def fetch(self, ids: Sequence[int]) -> dict[int, dict]:
+        """{id: {key, kind, text, path, metadata, ...}} of the ids that are stored."""
+        return self.store.fetch(ids)
+
+    def rows(self, ids: Sequence[int], generation: int) -> dict[int, tuple]:
+        """{id: (key, kind, text, path, metadata)}, kept in memory for `generation` (the hot path)."""
+        return self.store.cached_rows(ids, generation)
+
+    def vector_of(self, key: str) -> np.ndarray | None:
+        """The stored vector of an item, or None when no item has that key."""
+        return self.store.vector_of_key(key, self.dim)
+
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of items, in the order of `ids`."""
+        return self.store.vectors(ids, self.dim)
+
+    def kind_counts(self) -> dict[str, int]:
+        """How many items of each kind (text, word, image) the index holds."""
+        return self.store.kind_counts()
 
     # -- the vector index ---------------------------------------------------------------------
     @property

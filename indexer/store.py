@@ -388,7 +388,7 @@ class Store:
         return np.array([r[0] for r in rows], dtype=np.int64)
 
     def ids_where(self, sql: str, params: Sequence, generation: int | None = None) -> np.ndarray:
-        """Ids of the items matching a WHERE clause built by search.filters (bound parameters only).
+        """Ids of the items matching a WHERE clause built by indexer.filters (bound parameters only).
 
         With `generation` (the store's, read in the caller's snapshot), the answer is kept for
         later searches with the same filter in that generation: a filter scans every row, so a

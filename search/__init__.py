@@ -1,6 +1,6 @@
 """Everything that reads an index: queries, filters, word neighbourhoods, the demo."""
 
-from .filters import parse_where
+from latent.indexer.filters import parse_where
 from .query import Hit, search, search_vectors, similar
 from .words import neighbours
 

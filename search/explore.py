@@ -36,7 +36,7 @@ def resolve(index: Index, term: str | Term, *, allow_text: bool = True) -> tuple
     if isinstance(term, Term):
         return _vector_of(index, term), term
     for key in dict.fromkeys([term, term.lower()]):  # as given, or lower-cased for word indexes (GloVe)
-        vector = index.store.vector_of_key(key, index.dim)
+        vector = index.vector_of(key)
         if vector is not None:
             return vector, Term("key", key)
     path = Path(term).expanduser()
@@ -50,7 +50,7 @@ def resolve(index: Index, term: str | Term, *, allow_text: bool = True) -> tuple
 
 def _vector_of(index: Index, term: Term) -> np.ndarray:
     if term.kind == "key":
-        vector = index.store.vector_of_key(term.value, index.dim)
+        vector = index.vector_of(term.value)
         if vector is None:
             raise ExpressionError(f"no item with key {term.value!r} in {index.directory}")
         return vector
@@ -272,12 +272,12 @@ def analogy(index: Index, a: str, b: str, c: str, *, k: int = 10, method: str = 
                 pool_hits.setdefault(hit.key, hit)
     if include_inputs:  # the inputs are ranked even when the search did not reach them
         missing = [key for key in inputs if key not in pool_hits]
-        ids = [i for i, _, _ in index.store.lookup(missing).values()]
-        for item_id, row in index.store.fetch(ids).items():
+        ids = [i for i, _, _ in index.lookup(missing).values()]
+        for item_id, row in index.fetch(ids).items():
             pool_hits[row["key"]] = Hit(rank=0, key=row["key"], score=0.0, metadata=row["metadata"],
                                         text=row["text"], id=item_id, kind=row["kind"])
     hits = list(pool_hits.values())
-    stored = normalize(index.store.vectors([h.id for h in hits], index.dim))
+    stored = normalize(index.vectors_of([h.id for h in hits]))
     scores = analogy_scores(method, va, vb, vc, stored)
     order = np.argsort(-scores, kind="stable")[:k]
     return [replace(hits[j], rank=r + 1, score=float(scores[j])) for r, j in enumerate(order)]

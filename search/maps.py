@@ -31,7 +31,6 @@ import numpy as np
 from latent.indexer.errors import LatentError
 from latent.indexer.index import Index
 
-from .query import matching_ids
 
 METHODS = ("pca", "tsne", "umap")
 DEFAULT_SAMPLE = 5000
@@ -122,10 +121,10 @@ def compute_map(index: Index, *, method: str = "pca", sample: int = DEFAULT_SAMP
         raise MapError(f"unknown map method {method!r}; use one of {', '.join(METHODS)}")
     if int(sample) < 3:
         raise MapError(f"--sample must be at least 3 (a map needs 3 points), got {sample}")
-    with index.store.snapshot():
-        allowed = matching_ids(index, where)
+    with index.snapshot():
+        allowed = index.matching_ids(where)
         chosen = ids
-        ids = index.store.ids() if allowed is None else np.sort(np.asarray(allowed, dtype=np.int64))
+        ids = index.ids() if allowed is None else np.sort(np.asarray(allowed, dtype=np.int64))
         if chosen is not None:
             ids = np.intersect1d(ids, np.asarray(chosen, dtype=np.int64))
         total = len(ids)
@@ -136,8 +135,8 @@ def compute_map(index: Index, *, method: str = "pca", sample: int = DEFAULT_SAMP
             raise MapError(f"{what}; a map needs at least 3 (add items{' or loosen the filter' if where else ''})")
         if total > sample:
             ids = np.sort(np.random.default_rng(seed).choice(ids, size=int(sample), replace=False))
-        vectors = index.store.vectors(ids, index.dim)
-        rows = index.store.fetch(ids)
+        vectors = index.vectors_of(ids)
+        rows = index.fetch(ids)
     coords, explained = project(vectors, method=method, seed=seed, perplexity=perplexity)
     return Map(
         ids=np.asarray(ids, dtype=np.int64), keys=[rows[int(i)]["key"] for i in ids], coords=coords,

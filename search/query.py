@@ -16,7 +16,6 @@ from latent.indexer.encoders import normalize
 from latent.indexer.errors import InputError, LatentError
 from latent.indexer.index import Index
 
-from .filters import parse_where
 
 # Filters matching at most this many items are answered by an exact scan of their stored
 # vectors: exact, and cheaper than a graph or inverted-list search over a sparse selector.
@@ -47,15 +46,6 @@ def encode_query(index: Index, text: str) -> np.ndarray:
     return index.encoder.encode([text])[0]
 
 
-def matching_ids(index: Index, where: str | None, generation: int | None = None) -> np.ndarray | None:
-    """Ids of the items a filter matches (None: no filter); with the store's `generation`, read
-    in the caller's snapshot, a filter used again in that generation is answered from memory."""
-    if where is None or not where.strip():
-        return None
-    sql, params = parse_where(where)
-    return index.store.ids_where(sql, params, generation)
-
-
 def search(index: Index, query: str | np.ndarray, *, k: int = 10, where: str | None = None,
            exclude_keys: tuple[str, ...] = ()) -> list[Hit]:
     """The k nearest items to a text (encoded by the index's encoder) or a vector."""
@@ -69,7 +59,7 @@ def similar(index: Index, *, key: str | None = None, vector: np.ndarray | None =
     if sum(x is not None for x in (key, vector, image)) != 1:
         raise LatentError("give exactly one of a key, a vector or an image")
     if key is not None:
-        stored = index.store.vector_of_key(key, index.dim)
+        stored = index.vector_of(key)
         if stored is None:
             raise LatentError(f"no item with key {key!r} in {index.directory}")
         return search_vectors(index, stored, k=k, where=where, exclude_keys=(key,))[0]
@@ -95,11 +85,11 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
     if len(queries) and not queries.any(axis=1).all():
         raise InputError("the query vector is all zeros: it has no direction to search by")
     index.load_vectors()  # load (a repair may write) before the read transaction
-    with index.store.snapshot():  # one generation: the filter, the vector search and the rows of its hits
+    with index.snapshot():  # one generation: the filter, the vector search and the rows of its hits
         index.refresh()
-        allowed = matching_ids(index, where, index.load_vectors().generation)
+        allowed = index.matching_ids(where, index.load_vectors().generation)
         if exclude_keys:
-            found = index.store.lookup(list(exclude_keys))
+            found = index.lookup(list(exclude_keys))
             excluded = {v[0] for v in found.values()}
             if allowed is not None:
                 allowed = np.setdiff1d(allowed, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
@@ -146,7 +136,7 @@ def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> t
         return out_s, out_i
     vectors = index.load_vectors().exact_vectors(ids)
     if vectors is None:
-        vectors = index.store.vectors(ids, index.dim)
+        vectors = index.vectors_of(ids)
     sims = queries @ vectors.T
     top = min(k, len(ids))
     part = np.argpartition(-sims, top - 1, axis=1)[:, :top]
@@ -160,7 +150,7 @@ def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> t
 def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded: set[int]) -> list[list[Hit]]:
     """Hits for each query's (scores, ids) row; the rows of all queries' ids are read at once."""
     wanted = np.unique(ids[ids >= 0]).tolist()
-    rows = index.store.cached_rows(wanted, index.load_vectors().generation)
+    rows = index.rows(wanted, index.load_vectors().generation)
     ids_list = ids.tolist()
     scores_list = scores.tolist()
     out = []
@@ -180,4 +170,4 @@ def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded
     return out
 
 
-__all__ = ["Hit", "search", "similar", "search_vectors", "encode_query", "encode_image", "matching_ids"]
+__all__ = ["Hit", "search", "similar", "search_vectors", "encode_query", "encode_image"]

@@ -204,9 +204,9 @@ class Served:
             yield self.index
 
     def _catch_up(self) -> None:
-        generation = self.index.store.generation()
+        generation = self.index.generation()
         if generation != self.generation:
-            self.index.manifest = self.index.store.manifest()
+            self.index.reload_manifest()
             self.generation, self.kinds = generation, None
         _ = self.index.vectors  # loads, or catches up with the store
 
@@ -248,7 +248,7 @@ def summary(served: Served, *, detail: bool = False) -> dict:
     """The listing of one index (with Index.info() when `detail`)."""
     with served.using() as index:
         if served.kinds is None:
-            served.kinds = index.store.kind_counts()
+            served.kinds = index.kind_counts()
         manifest = index.manifest
         out = {"name": served.name, "count": index.count(), "encoder": manifest["encoder"], "dim": manifest["dim"],
                "modalities": list(manifest.get("modalities") or index.encoder.modalities),
@@ -260,7 +260,7 @@ def summary(served: Served, *, detail: bool = False) -> dict:
 def _key_of(index: Index, value: str) -> str | None:
     """The stored key a term names: as given, or lower-cased (word indexes), as explore.resolve reads it."""
     for key in dict.fromkeys([value, value.lower()]):
-        if index.store.lookup([key]):
+        if index.lookup([key]):
             return key
     return None
 
@@ -301,7 +301,7 @@ def check_takes_images(served: Served, index: Index) -> None:
 
 
 def stored_item(served: Served, index: Index, item_id: int) -> dict:
-    row = index.store.fetch([item_id]).get(item_id)
+    row = index.fetch([item_id]).get(item_id)
     if row is None:
         raise NotFound(f"no item with id {item_id} in {served.name}")
     return row
@@ -533,7 +533,7 @@ class Api:
                 "took_ms": round((time.perf_counter() - started) * 1000, 3)}
 
     def steps(self, served: Served, index: Index, path, started: float) -> dict:
-        ids = {key: found[0] for key, found in index.store.lookup([s.key for s in path]).items()}
+        ids = {key: found[0] for key, found in index.lookup([s.key for s in path]).items()}
         return {"steps": [{"t": s.t, "first": s.first, "last": s.last, "id": ids.get(s.key, 0), "key": s.key,
                            "score": s.score, "kind": s.kind, "text": s.text, "metadata": s.metadata,
                            "thumbnail": served.thumbnail_url(ids.get(s.key, 0), s.kind)} for s in path],
@@ -545,7 +545,7 @@ class Api:
             if served.map_index is None:
                 served.map_index = Index.open(served.index.directory)
             index = served.map_index
-            generation = index.store.generation()
+            generation = index.generation()
             key = (method, min(sample, index.count()))
             cached = served.maps.get(key)
             if cached is None or cached["generation"] != generation:
@@ -569,7 +569,7 @@ class Api:
     def thumbnail(self, served: Served, item_id: int, size: int) -> bytes:
         with served.using() as index:
             row = stored_item(served, index, item_id)
-            found = index.store.lookup([row["key"]]).get(row["key"])
+            found = index.lookup([row["key"]]).get(row["key"])
         if row["kind"] != "image" or not row["path"] or found is None or found[0] != item_id:
             raise NotFound(f"item {item_id} of {served.name} is not an image")
         data = hashed_file_thumbnail(row["path"], found[1], size, self.thumbnails)
@@ -642,7 +642,7 @@ def _query_routes(router: APIRouter, api: Api, common: dict, Name, Text, K, Wher
         with served.using() as index:
             if id is not None:
                 key = stored_item(served, index, id)["key"]
-            elif not index.store.lookup([key]):
+            elif not index.lookup([key]):
                 raise NotFound(f"no item with key {key!r} in {served.name}")
             return api.hits(served, similar(index, key=key, k=k, where=where), started, min_score)
 
@@ -654,7 +654,7 @@ def _explore_routes(router: APIRouter, api: Api, limits: Limits, common: dict, N
         """Vector arithmetic: keys as bare words, texts in quotes, + - weights and parentheses
         (`king - man + woman`, `0.5*"a red car" + car.jpg`); the keys it names are left out."""
         started, served = time.perf_counter(), api.get(name)
-        with served.using() as index, index.store.snapshot():  # the keys checked are the keys used
+        with served.using() as index, index.snapshot():  # the keys checked are the keys used
             check_expression(served, index, expr)
             hits = search_expression(index, expr, k=k, where=where, include_terms=include_terms)
             return api.hits(served, hits, started)

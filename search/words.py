@@ -14,6 +14,6 @@ def neighbours(word: str, *, k: int = 10, index: Index | None = None,
     """The k nearest GloVe words to `word` (matched lower-cased), the word itself excluded."""
     index = index or word_index(progress=progress)
     key = word.strip().lower()
-    if index.store.vector_of_key(key, index.dim) is None:
+    if index.vector_of(key) is None:
         raise OutOfVocabulary([word])
     return similar(index, key=key, k=k)

@@ -5,7 +5,7 @@ newlines, RTL and combining marks, emoji, JSON-looking text, numbers at the edge
 and double precision, booleans, nulls, lists, nested objects) and filter expressions (an AST of
 comparisons, `in` lists, and/or/not and parentheses, rendered with quoted and escaped literals,
 odd spacing and keyword case). A filtered search with k = the item count must return exactly
-the items a plain-Python reading of the semantics in search/filters.py selects, ranked by score,
+the items a plain-Python reading of the semantics in indexer/filters.py selects, ranked by score,
 and leave the database as it was: the same schema (sqlite_master), the same item count, and
 `PRAGMA integrity_check` ok. Field names outside `^[A-Za-z_][A-Za-z0-9_.]*$` are refused.
 """
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from latent.indexer import FilterError, Index, read_inputs
 from latent.indexer.errors import InputError
 from latent.search import parse_where, search_vectors
-from latent.search.filters import _tokenize
+from latent.indexer.filters import _tokenize
 
 DIM = 50  # GloVe's dimension; add_vectors never encodes, so the word vectors are not loaded
 SETTINGS = {"deadline": None, "database": None, "derandomize": True,
@@ -86,7 +86,7 @@ def item_lists(draw, min_size: int, max_size: int, palette_size=(2, 8)):
 
 
 
-# -- the plain-Python reference of the semantics documented in search/filters.py -----------------
+# -- the plain-Python reference of the semantics documented in indexer/filters.py -----------------
 MISSING = object()
 ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 

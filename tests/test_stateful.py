@@ -47,7 +47,7 @@ TOL = 1e-4  # float32 FAISS / SQLite scores against float64 brute force
 RECALL = 0.95
 ENCODER = get_encoder("glove")  # one Encoder object for every index (GloVe loads lazily; add_vectors never encodes)
 
-# -- metadata and filters, with a Python reference of search.filters' semantics -------------------------
+# -- metadata and filters, with a Python reference of indexer.filters' semantics -------------------------
 TAGS = ("a", "b", "c")
 NO_NUL = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")  # NUL is refused (add_refused)
 N_VALUES = st.one_of(st.integers(0, 4), st.sampled_from([1.5, 2.0, -1, "2", True, False]))

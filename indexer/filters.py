@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from latent.indexer.errors import FilterError
+from .errors import FilterError
 
 _TOKEN = re.compile(
     r"""\s*(?:
