@@ -12,25 +12,24 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-try:
-    __version__ = _version("latent-search")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
-
-DISTRIBUTION = "latent-search"
-
 from .indexer.encoders import Encoder, get_encoder, list_encoders, register as register_encoder
-from .indexer.errors import (EncoderMismatch, EncoderUnavailable, FilterError, IndexCorrupt, IndexExists,
-                             IndexNotFound, InputError, LatentError, LockTimeout, OutOfVocabulary, StorageError)
+from .indexer.errors import (DISTRIBUTION, EncoderMismatch, EncoderUnavailable, FilterError, IndexCorrupt, IndexExists,
+                             IndexNotFound, InputError, LatentError, LockTimeout, MissingExtra, OutOfVocabulary,
+                             StorageError)
 from .indexer.index import IngestReport
 from .indexer.readers import Record, Skip, read_inputs
 from .search.collection import Collection, analogy, create, interpolate, open
 from .search.explore import Step
 from .search.query import Hit
 
+try:
+    __version__ = _version(DISTRIBUTION)
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "create", "open", "analogy", "interpolate", "Collection", "Hit", "Step", "IngestReport",
     "Record", "Skip", "read_inputs", "Encoder", "get_encoder", "list_encoders", "register_encoder",
     "LatentError", "IndexNotFound", "IndexExists", "EncoderMismatch", "EncoderUnavailable", "OutOfVocabulary",
-    "LockTimeout", "FilterError", "InputError", "IndexCorrupt", "StorageError",
+    "LockTimeout", "FilterError", "InputError", "IndexCorrupt", "StorageError", "MissingExtra",
 ]

@@ -53,3 +53,23 @@ class IndexCorrupt(LatentError):
 
 class StorageError(LatentError):
     """Writing the index to disk failed (disk full, I/O error); what was committed is kept."""
+
+
+class MissingExtra(LatentError):
+    """An optional part of latent needs a package that is not installed."""
+
+
+DISTRIBUTION = "latent-search"
+
+
+def require(module: str, extra: str, feature: str):
+    """Import an optional library, or raise MissingExtra naming the extra that installs it:
+    `plt = require("matplotlib.pyplot", "viz", "drawing maps")`."""
+    from importlib import import_module
+
+    try:
+        return import_module(module)
+    except ImportError as e:
+        missing = getattr(e, "name", None) or module
+        raise MissingExtra(f"{feature} needs {missing.split('.')[0]}, which is not installed: "
+                           f"pip install '{DISTRIBUTION}[{extra}]'") from None
