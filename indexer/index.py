@@ -106,6 +106,9 @@ class Index:
         vx.validate_spec(index_type, enc.dim)
         directory.mkdir(parents=True, exist_ok=True)
         with WriteLock(directory):
+            if (directory / DB_NAME).exists():  # again under the lock: another create may have won
+                raise IndexExists(f"{directory} already holds an index (created by another process meanwhile); "
+                                  "open it, or choose another directory")
             store = Store.create(directory, {
                 "encoder": enc.name, "encoder_version": enc.version, "dim": enc.dim,
                 "modalities": list(enc.modalities), "metric": "ip", "index_type": index_type,

@@ -20,7 +20,7 @@ import numpy as np
 import sqlite_utils
 
 from . import failpoints
-from .errors import IndexCorrupt, StorageError
+from .errors import IndexCorrupt, IndexExists, StorageError
 
 DB_NAME = "latent.db"
 FORMAT_VERSION = 1
@@ -108,11 +108,16 @@ class Store:
         path = Path(directory) / DB_NAME
         store = cls(_connect(path), path)
         store.migrate()
-        with store.db.atomic():
-            rows = {**manifest, "format_version": FORMAT_VERSION, "generation": 0,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            for key, value in rows.items():
-                store._set(key, value)
+        rows = {**manifest, "format_version": FORMAT_VERSION, "generation": 0,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            with store.db.atomic():  # plain INSERTs: an existing manifest is never overwritten
+                store.db.conn.executemany("INSERT INTO manifest(key, value) VALUES (?, ?)",
+                                          [(key, json.dumps(value)) for key, value in rows.items()])
+        except sqlite3.IntegrityError:
+            store.close()
+            raise IndexExists(f"{directory} already holds an index (created by another process meanwhile); "
+                              "open it, or choose another directory") from None
         return store
 
     @classmethod
