@@ -38,6 +38,11 @@ _TOKEN = re.compile(
 _KEYWORDS = {"and", "or", "not", "in"}
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _INT64 = (-(2**63), 2**63 - 1)
+# Bounds that keep every filter within what SQLite's parser takes (its stack overflowed at 77
+# nested nots, and at about 1,000 and/or terms) and Python's recursion: deeper or longer
+# filters are refused with a FilterError, never sent to SQLite.
+MAX_DEPTH = 32  # nested "not"s and parentheses
+MAX_CONDITIONS = 256  # comparisons and memberships in one filter
 
 
 @dataclass
@@ -94,6 +99,14 @@ class _Parser:
         self.tokens = _tokenize(text)
         self.i = 0
         self.params: list = []
+        self.depth = 0
+        self.conditions = 0
+
+    def nest(self, tok: _Tok) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise FilterError(f"filter too deeply nested: more than {MAX_DEPTH} levels of 'not' and parentheses "
+                              f"(at position {tok.pos + 1}); simplify it")
 
     def peek(self) -> _Tok:
         return self.tokens[self.i]
@@ -139,16 +152,25 @@ class _Parser:
         tok = self.peek()
         if self.is_kw("not"):
             self.take()
-            return f"NOT {self.factor()}"
+            self.nest(tok)
+            inner = self.factor()
+            self.depth -= 1
+            return f"NOT {inner}"
         if tok.kind == "punct" and tok.value == "(":
             self.take()
+            self.nest(tok)
             inner = self.expr()
             if not (self.peek().kind == "punct" and self.peek().value == ")"):
                 raise self.fail("')'")
             self.take()
+            self.depth -= 1
             return inner
         if tok.kind != "word" or not isinstance(tok.value, str):
             raise self.fail("a field name")
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise FilterError(f"filter too long: more than {MAX_CONDITIONS} conditions (at position {tok.pos + 1}); "
+                              "use 'in (...)' for many values of one field")
         field = str(self.take().value)
         path = _path(field, self.text, tok.pos)
         negate = False

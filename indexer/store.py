@@ -8,6 +8,7 @@ so a vector index at an older generation can catch up.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -20,7 +21,7 @@ import numpy as np
 import sqlite_utils
 
 from . import failpoints
-from .errors import IndexCorrupt, IndexExists, StorageError
+from .errors import FilterError, IndexCorrupt, IndexExists, StorageError
 
 DB_NAME = "latent.db"
 FORMAT_VERSION = 1
@@ -74,6 +75,8 @@ def _connect(path: Path) -> sqlite_utils.Database:
     return db
 
 
+# SQLite's words for a statement it cannot parse or plan (as opposed to a damaged database)
+_QUERY_TOO_COMPLEX = re.compile(r"parser stack overflow|too large|too many|too deep|depth", re.IGNORECASE)
 ROW_CACHE_BYTES = 64 << 20  # rows of recent hits kept in memory, per open store (see Store.cached_rows)
 FILTER_CACHE_ENTRIES = 32  # answers of recent filters kept per open store (see Store.ids_where)
 _ROW_OVERHEAD = 400  # bytes of a cached row beyond its strings (tuple, ints, small dicts), roughly
@@ -404,8 +407,14 @@ class Store:
             found = self._filter_cache.get(key)
             if found is not None:
                 return found
-        ids = np.fromiter((r[0] for r in self.conn.execute(f"SELECT id FROM items WHERE {sql}", list(params))),
-                          dtype=np.int64)
+        try:
+            ids = np.fromiter((r[0] for r in self.conn.execute(f"SELECT id FROM items WHERE {sql}", list(params))),
+                              dtype=np.int64)
+        except sqlite3.OperationalError as e:
+            if not _QUERY_TOO_COMPLEX.search(str(e)):
+                raise
+            # SQLite refused the statement itself: the filter is at fault, not the database
+            raise FilterError(f"filter too complex for SQLite ({e}); simplify it") from None
         ids.flags.writeable = False  # shared by later searches
         if generation is not None:
             with self._row_cache_lock:
