@@ -53,22 +53,50 @@ def _no_progress(stage: str, n: int, total: int | None) -> None:
     pass
 
 
-def _has_nul(value) -> bool:
-    if isinstance(value, str):
-        return "\0" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    return isinstance(value, list) and any(_has_nul(v) for v in value)
+MAX_METADATA_DEPTH = 64  # nested objects/lists in one item's metadata (SQLite's JSON functions stop at 1,000)
+
+
+def _unstorable(value) -> str | None:
+    """Why a metadata value cannot be stored faithfully, or None: a NUL character (SQLite's JSON
+    functions end text there, so filters would match the text cut short), a lone surrogate (not
+    Unicode text: it cannot be written as UTF-8), or nesting deeper than MAX_METADATA_DEPTH."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\0" in item:
+                return "metadata cannot contain NUL characters (U+0000): SQLite's JSON functions end text there"
+            if not _is_unicode(item):
+                return f"metadata holds text that is not valid Unicode (a lone surrogate) in {_shown(item)}"
+            continue
+        if isinstance(item, (dict, list)):
+            if depth > MAX_METADATA_DEPTH:
+                return f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(text: str, width: int = 40) -> str:
+    return ascii(text if len(text) <= width else text[:width] + "...")
 
 
 def metadata_json(metadata) -> str:
     """Canonical JSON text of a metadata dict; InputError when it is not a JSON object of
-    finite values, or holds a NUL character (SQLite's JSON functions end text there, so
-    filters would match the text cut short)."""
+    finite values, or holds what `_unstorable` refuses."""
     if not isinstance(metadata, dict):
         raise InputError(f"metadata must be a dict, not {type(metadata).__name__}")
-    if _has_nul(metadata):
-        raise InputError("metadata cannot contain NUL characters (U+0000): SQLite's JSON functions end text there")
+    problem = _unstorable(metadata)
+    if problem:
+        raise InputError(problem)
     try:
         return json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -568,6 +596,10 @@ class Index:
     def _resolve(self, rec: Record, report: IngestReport) -> tuple[str, dict, np.ndarray | None] | None:
         """(content hash, metadata, preprocessed image or None) of a record; None when it is skipped."""
         if rec.kind != "image":
+            if not _is_unicode(rec.text):
+                report.skipped.append(Skip(rec.source, rec.line, "the text is not valid Unicode (it holds a lone "
+                                           f"surrogate): {_shown(rec.text)}"))
+                return None
             return content_hash(rec.text), rec.metadata, None
         try:
             prepared = rec.prepared.result() if rec.prepared is not None else \
@@ -590,8 +622,9 @@ class Index:
                 report.skipped.append(Skip(rec.source, rec.line, str(e)))
                 continue
             key = rec.key if rec.key is not None else rec_hash[:20]
-            if not key or "\0" in key:
-                report.skipped.append(Skip(rec.source, rec.line, "the key is empty or contains a NUL character"))
+            if not key or "\0" in key or not _is_unicode(key):
+                report.skipped.append(Skip(rec.source, rec.line, "the key is empty, contains a NUL character or is "
+                                           f"not valid Unicode: {_shown(key)}"))
                 continue
             by_key[key] = (rec, rec_hash, meta, array)
         self._skip_duplicate_images(by_key, report)

@@ -239,8 +239,11 @@ def _read_jsonl(path: str, *, text_field: str, key_field: str | None) -> Iterato
         except json.JSONDecodeError as e:
             yield Skip(path, number, f"malformed JSON ({e.msg} at column {e.colno})")
             continue
-        except ValueError as e:  # NaN, Infinity
+        except ValueError as e:  # NaN, Infinity, integers of more than 4,300 digits
             yield Skip(path, number, f"malformed JSON ({e})")
+            continue
+        except RecursionError:
+            yield Skip(path, number, "JSON nested too deeply to read")
             continue
         if not isinstance(row, dict):
             yield Skip(path, number, f"a JSON {_JSON_TYPES.get(type(row), 'value')}, not an object")
@@ -307,7 +310,11 @@ def _read_csv(path: str, *, text_field: str, key_field: str | None) -> Iterator[
             span = f" (lines {start}-{current[0]}: an unclosed quote?)" if current[0] > start else ""
             yield Skip(path, number, f"{len(cells)} fields, the header has {len(header)}{span}")
             continue
-        row = {h: (c if h in (text_field, key_field) else _typed(c)) for h, c in zip(header, cells)}
+        try:
+            row = {h: (c if h in (text_field, key_field) else _typed(c)) for h, c in zip(header, cells)}
+        except ValueError:  # int() refuses more than sys.get_int_max_str_digits() (4,300) digits
+            yield Skip(path, number, f"a number of more than {sys.get_int_max_str_digits():,} digits")
+            continue
         yield _record_from_fields(row, path, number, text_field, key_field)
     yield from _drain(skips)
 
