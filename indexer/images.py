@@ -299,6 +299,19 @@ def open_regular(path: str | Path) -> BinaryIO:
         raise
 
 
+def file_sha256(f: BinaryIO) -> str:
+    """The SHA-256 (hex) of an open binary file, read from its start in pieces (never whole);
+    ImageRefused when it cannot be read."""
+    try:
+        f.seek(0)
+        digest = hashlib.sha256()
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    except OSError as e:
+        raise ImageRefused(f"unreadable ({e.strerror or e})") from None
+    return digest.hexdigest()
+
+
 # -- preparing them in parallel ------------------------------------------------------------------
 @dataclass
 class Prepared:
@@ -318,14 +331,7 @@ def prepare(record: ImageRecord, preprocess: Callable) -> Prepared:
         if st.st_size == 0:
             raise ImageRefused("empty file")
         image, info = decode_image(f)
-        try:
-            f.seek(0)
-            digest = hashlib.sha256()
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
-        except OSError as e:
-            raise ImageRefused(f"unreadable ({e.strerror or e})") from None
-    sha = digest.hexdigest()
+        sha = file_sha256(f)
     metadata = {"path": str(path), "bytes": st.st_size, **info, "mtime": round(st.st_mtime, 3), "sha256": sha}
     return Prepared(sha, np.asarray(preprocess(image), dtype=np.float32), metadata)
 

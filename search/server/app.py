@@ -1,0 +1,77 @@
+"""The FastAPI app of `latent serve` put together (error handlers, routes, the page and its
+static files, the Gate), and `serve`, which checks the address and runs it under uvicorn."""
+
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from latent import __version__
+
+from .errors import ServeError, add_error_handlers
+from .routes import build_router
+from .security import LOOPBACK_NAMES, Gate, check_bind, check_token, openapi_with_auth
+from .served import Api, Limits, open_served
+
+STATIC_DIR = Path(__file__).parent.parent / "static"
+
+
+def create_app(directories: list[str], *, token: str | None = None, limits: Limits | None = None,
+               public: bool = False, preload: bool = False, progress=None) -> FastAPI:
+    """The FastAPI app serving `directories` (index folders or built-ins such as @words).
+
+    With a token, every request needs it (`Authorization: Bearer <token>` or `?token=`). Unless
+    `public`, only Host headers naming a loopback address are answered (against DNS rebinding).
+    `preload` loads the encoders now rather than on the first query.
+    """
+    limits = limits or Limits()
+    check_token(token)
+    page = _page()
+    api = Api(open_served(list(directories), preload=preload, progress=progress), limits)
+    app = FastAPI(title="latent", version=__version__, redoc_url=None,
+                  description="Search and explore the latent spaces of latent indexes.")
+    add_error_handlers(app)
+    app.include_router(build_router(api, limits, auth_errors=(401,) if token else ()))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index_page():
+        return HTMLResponse(page)
+
+    # StaticFiles refuses paths that leave the folder (and symlinks out of it)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if token:
+        app.openapi = openapi_with_auth(app)
+    app.add_middleware(Gate, token=token, max_body=limits.max_upload_bytes,
+                       hosts=None if public else LOOPBACK_NAMES)
+    app.state.api = api
+    return app
+
+
+def _page() -> str:
+    """The page (/), installed with the package: without it the install is broken."""
+    path = STATIC_DIR / "index.html"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ServeError(f"the page {path} cannot be read ({e.strerror or e}): this install of latent-search "
+                         "is incomplete; reinstall it") from None
+
+
+def serve(directories: list[str], *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          public: bool = False, limits: Limits | None = None, progress=None,
+          announce: Callable[[str], None] | None = None) -> None:
+    """Serve `directories` over HTTP until interrupted (uvicorn). Loopback only unless `public`;
+    `public` needs a token. The access log is off: URLs may carry ?token=."""
+    token = token or None
+    check_bind(host, public=public, token=token)
+    app = create_app(directories, token=token, limits=limits, public=public, preload=True, progress=progress)
+    if announce is not None:
+        shown = f"[{host}]" if ":" in host else host
+        page = f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
+        announce(f"Serving {', '.join(app.state.api.served)} at {page} (API under /api, schema at "
+                 f"/openapi.json{'; every request needs the token' if token else ''}); Ctrl-C to stop")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", server_header=False)

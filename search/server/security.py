@@ -1,0 +1,158 @@
+"""Who may talk to the server: the token (by header, ?token= or the page's cookie), the Gate
+middleware every request passes (Host header, token, body size, browser headers), the bind
+rules of `latent serve`, and the OpenAPI document's security schemes."""
+
+import hmac
+import ipaddress
+from typing import Callable, ClassVar
+from urllib.parse import parse_qs, quote, unquote
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import cookie_parser
+
+from .errors import ServeError, error_response, too_large
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+MIN_TOKEN_LENGTH = 16
+COOKIE = "latent_token"  # set by the page for what it loads itself
+
+
+class Gate:
+    """Pure ASGI middleware run before anything else: the Host header (loopback servers answer
+    only to loopback names, against DNS rebinding), the token (constant-time, by header,
+    ?token= or the page's cookie), and the body size (by Content-Length, and counted while
+    reading). Adds headers that keep browsers from sniffing, framing or leaking a ?token= URL
+    as a referrer.
+
+    The page (/) answers an authorized request with an HttpOnly, SameSite=Strict cookie holding
+    the token, so that what the page loads by itself (<script src>, <link href>, <img src>)
+    carries it too; cross-site requests never do.
+    """
+
+    HEADERS: ClassVar[list[tuple[bytes, bytes]]] = [
+        (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app, *, token: str | None, max_body: int, hosts: tuple[str, ...] | None):
+        self.app, self.token, self.max_body, self.hosts = app, token, max_body, hosts
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        refused = self.refusal(scope, headers)
+        if refused is not None:
+            return await refused(scope, receive, send)
+        cookie = self.token is not None and scope["path"] == "/"
+        return await self.app(scope, self.counting(receive), self.with_headers(send, cookie))
+
+    def refusal(self, scope, headers: Headers) -> JSONResponse | None:
+        if self.hosts is not None and _host_name(headers.get("host", "")) not in self.hosts:
+            return error_response(400, f"this server answers only to {', '.join(self.hosts)} (it listens on a "
+                                       "loopback address); check the address you used")
+        if self.token is not None and not self.authorized(scope, headers):
+            return error_response(401, "missing or wrong token: send the header 'Authorization: Bearer <token>' "
+                                       "or add ?token=<token> to the URL", {"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return error_response(413, too_large(self.max_body))
+        return None
+
+    def authorized(self, scope, headers: Headers) -> bool:
+        expected = self.token.encode()
+        given = []
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            given.append(value.strip())
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        given.extend(query.get("token", [])[:1])
+        cookie = cookie_parser(headers.get("cookie", "")).get(COOKIE)
+        if cookie:
+            given.append(unquote(cookie))
+        return any(hmac.compare_digest(g.encode("utf-8", "replace"), expected) for g in given)
+
+    def counting(self, receive):
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise HTTPException(413, too_large(self.max_body))
+            return message
+
+        return limited
+
+    def with_headers(self, send, cookie: bool):
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in self.HEADERS if k not in names]
+                if b"cache-control" not in names:
+                    extra.append((b"cache-control", b"no-store"))
+                if cookie:
+                    extra.append((b"set-cookie", f"{COOKIE}={quote(self.token, safe='')}; HttpOnly; "
+                                                 "SameSite=Strict; Path=/".encode()))
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        return send_with_headers
+
+
+def _host_name(host: str) -> str:
+    if host.startswith("["):  # [::1]:8000
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def openapi_with_auth(app: FastAPI) -> Callable[[], dict]:
+    """The OpenAPI document, naming the three ways to send the token."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "token": {"type": "apiKey", "in": "query", "name": "token"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": COOKIE}}
+            schema["security"] = [{"bearer": []}, {"token": []}, {"cookie": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+# -- binding ----------------------------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token(token: str | None) -> None:
+    if token is not None and (len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token
+                              or not token.isascii()):
+        raise ServeError(f"the token must be at least {MIN_TOKEN_LENGTH} printable ASCII characters without "
+                         "spaces; make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+
+
+def check_bind(host: str, *, public: bool, token: str | None) -> None:
+    """Refuse a non-loopback address unless `public`, and `public` without a token."""
+    if not public and not is_loopback(host):
+        raise ServeError(f"refusing to listen on {host}: it is not a loopback address, so anyone who can reach "
+                         "this machine could read your indexes; use --host 127.0.0.1, or add --public together "
+                         "with --token (or $LATENT_TOKEN)")
+    if public and not token:
+        raise ServeError("--public needs a token: pass --token TOKEN or set LATENT_TOKEN (make one with: python "
+                         "-c 'import secrets; print(secrets.token_urlsafe(32))'); clients then send "
+                         "'Authorization: Bearer TOKEN' or ?token=TOKEN. The traffic is not encrypted: put a "
+                         "TLS proxy in front for anything beyond a trusted network")
+    check_token(token)
