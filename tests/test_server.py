@@ -461,6 +461,28 @@ def test_loopback_server_refuses_foreign_host_headers(base):
     assert raw_get(base, "/api/indexes", {"Host": "localhost:1234"})[0] == 200
 
 
+@pytest.mark.parametrize("host", ["LOCALHOST:8000", "LocalHost", "127.0.0.2:8000", "127.255.0.1", "[::1]:8000", "::1"])
+def test_loopback_server_answers_every_loopback_name(base, host):
+    """Host names compare case-insensitively, and the whole loopback range is loopback."""
+    assert raw_get(base, "/api/indexes", {"Host": host})[0] == 200
+
+
+@pytest.mark.parametrize("host", ["localhost.evil.example", "127.0.0.1.evil.example", "128.0.0.1", "[::2]:80", ""])
+def test_loopback_server_refuses_names_that_only_look_local(base, host):
+    assert raw_get(base, "/api/indexes", {"Host": host})[0] == 400
+
+
+def test_public_server_does_not_show_index_paths(dirs):
+    """A --public server names its indexes, never where they live on its disk."""
+    with running(create_app([str(dirs["words"])], token=TOKEN, public=True)) as url:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+            detail = ok(c.get("/api/indexes/words"))
+            assert detail.get("directory") is None and detail["name"] == "words" and detail["count"] > 0
+            assert str(dirs["words"]) not in c.get("/api/indexes").text + json.dumps(detail)
+    with running(create_app([str(dirs["words"])])) as url:  # on loopback, the owner sees the path
+        assert httpx.get(f"{url}/api/indexes/words", timeout=60).json()["directory"] == str(dirs["words"])
+
+
 def test_bind_rules():
     check_bind("127.0.0.1", public=False, token=None)
     check_bind("::1", public=False, token=None)

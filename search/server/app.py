@@ -14,7 +14,7 @@ from latent import __version__
 
 from .errors import ServeError, add_error_handlers
 from .routes import build_router
-from .security import LOOPBACK_NAMES, Gate, check_bind, check_token, openapi_with_auth
+from .security import Gate, check_bind, check_token, openapi_with_auth
 from .served import Api, Limits, open_served
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
@@ -31,7 +31,7 @@ def create_app(directories: list[str], *, token: str | None = None, limits: Limi
     limits = limits or Limits()
     check_token(token)
     page = _page()
-    api = Api(open_served(list(directories), preload=preload, progress=progress), limits)
+    api = Api(open_served(list(directories), preload=preload, progress=progress), limits, public=public)
     app = FastAPI(title="latent", version=__version__, redoc_url=None,
                   description="Search and explore the latent spaces of latent indexes.")
     add_error_handlers(app)
@@ -45,8 +45,7 @@ def create_app(directories: list[str], *, token: str | None = None, limits: Limi
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if token:
         app.openapi = openapi_with_auth(app)
-    app.add_middleware(Gate, token=token, max_body=limits.max_upload_bytes,
-                       hosts=None if public else LOOPBACK_NAMES)
+    app.add_middleware(Gate, token=token, max_body=limits.max_upload_bytes, loopback_only=not public)
     app.state.api = api
     return app
 

@@ -94,7 +94,7 @@ def _index_routes(router: APIRouter, api: Api, Name, auth_errors) -> None:
     @router.get("/indexes/{name}", response_model=IndexDetailOut, responses=error_responses(*auth_errors, 404, 422))
     def index_detail(name: Name):
         """One index: the listing fields and everything `latent info` reports."""
-        return summary(api.get(name), detail=True)
+        return summary(api.get(name), detail=True, public=api.public)
 
 
 def _query_routes(router: APIRouter, api: Api, common: dict, Name, Text, K, Where, MinScore) -> None:

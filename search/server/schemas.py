@@ -43,7 +43,7 @@ class IndexOut(BaseModel):
 
 
 class IndexDetailOut(IndexOut):
-    directory: str
+    directory: str | None = Field(None, description="Where the index lives; not shown by a --public server.")
     encoder_version: str | None = None
     metric: str
     faiss_factory: str | None = None

@@ -36,8 +36,8 @@ class Gate:
     HEADERS: ClassVar[list[tuple[bytes, bytes]]] = [
         (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
 
-    def __init__(self, app, *, token: str | None, max_body: int, hosts: tuple[str, ...] | None):
-        self.app, self.token, self.max_body, self.hosts = app, token, max_body, hosts
+    def __init__(self, app, *, token: str | None, max_body: int, loopback_only: bool):
+        self.app, self.token, self.max_body, self.loopback_only = app, token, max_body, loopback_only
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -50,9 +50,9 @@ class Gate:
         return await self.app(scope, self.counting(receive), self.with_headers(send, cookie))
 
     def refusal(self, scope, headers: Headers) -> JSONResponse | None:
-        if self.hosts is not None and _host_name(headers.get("host", "")) not in self.hosts:
-            return error_response(400, f"this server answers only to {', '.join(self.hosts)} (it listens on a "
-                                       "loopback address); check the address you used")
+        if self.loopback_only and not is_loopback(_host_name(headers.get("host", ""))):
+            return error_response(400, f"this server answers only to loopback names ({', '.join(LOOPBACK_NAMES)}, "
+                                       "127.0.0.0/8) as it listens on a loopback address; check the address you used")
         if self.token is not None and not self.authorized(scope, headers):
             return error_response(401, "missing or wrong token: send the header 'Authorization: Bearer <token>' "
                                        "or add ?token=<token> to the URL", {"WWW-Authenticate": "Bearer"})
@@ -129,7 +129,8 @@ def openapi_with_auth(app: FastAPI) -> Callable[[], dict]:
 
 # -- binding ----------------------------------------------------------------------------------------------
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """localhost (any case), or an address of the loopback range (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback

@@ -106,8 +106,9 @@ def open_served(directories: list[str], *, preload: bool = False, progress=None)
     return served
 
 
-def summary(served: Served, *, detail: bool = False) -> dict:
-    """The listing of one index (with Index.info() when `detail`)."""
+def summary(served: Served, *, detail: bool = False, public: bool = False) -> dict:
+    """The listing of one index (with Index.info() when `detail`; a `public` server does not
+    show where the index lives on its disk)."""
     with served.using() as index:
         if served.kinds is None:
             served.kinds = index.kind_counts()
@@ -115,7 +116,12 @@ def summary(served: Served, *, detail: bool = False) -> dict:
         out = {"name": served.name, "count": index.count(), "encoder": manifest["encoder"], "dim": manifest["dim"],
                "modalities": list(manifest.get("modalities") or index.encoder.modalities),
                "index_type": manifest["index_type"], "generation": served.generation, "kinds": served.kinds}
-        return {**index.info(), **out} if detail else out
+        if not detail:
+            return out
+        info = index.info()
+        if public:
+            del info["directory"]
+        return {**info, **out}
 
 
 def stored_item(served: Served, index: Index, item_id: int) -> dict:
@@ -178,8 +184,8 @@ class LRU:
 class Api:
     """What the routes call: the served indexes, the limits and the caches."""
 
-    def __init__(self, served: dict[str, Served], limits: Limits):
-        self.served, self.limits = served, limits
+    def __init__(self, served: dict[str, Served], limits: Limits, *, public: bool = False):
+        self.served, self.limits, self.public = served, limits, public
         self.thumbnails = LRU(limits.cached_thumbnails)
 
     def get(self, name: str) -> Served:
