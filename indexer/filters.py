@@ -15,7 +15,8 @@ Matching is type-strict: 1 matches 1 and 1.0, never "1" or true. `=` and `in` al
 inside list values; `!=` and `not in` match items that lack the field; `<`-style comparisons
 need the field to hold a value of the same type (number with number, text with text,
 compared by code point) and are false otherwise, also under `not`. Every value and field
-name reaches SQLite as a bound parameter, never as SQL text.
+name reaches SQLite as a bound parameter, never as SQL text. `field_value` reads a field of
+one item's metadata in Python by the same rule and walk (the map colours points by it).
 """
 
 from __future__ import annotations
@@ -82,15 +83,36 @@ def _tokenize(text: str) -> list[_Tok]:
     return tokens
 
 
+def _name_problem(name: str) -> str | None:
+    """Why `name` is not a field name (the rule above), or None when it is one."""
+    if not _FIELD.fullmatch(name):
+        return ": field names are letters, digits, _ and dots, starting with a letter or _ (as in year or a.b_2)"
+    if not all(name.split(".")):
+        return " (dots separate nested names, as in a.b)"
+    return None
+
+
+def field_value(metadata, name: str):
+    """The value of field `name` in one item's metadata, as the filters read it: dots reach
+    nested objects (`a.b` is metadata["a"]["b"], never a key "a.b"); None where absent.
+    FilterError when `name` breaks the field-name rule."""
+    problem = _name_problem(name)
+    if problem:
+        raise FilterError(f"bad field name {name!r}{problem}")
+    value = metadata
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 def _path(field: str, text: str, pos: int) -> str:
-    if not _FIELD.fullmatch(field):
-        raise FilterError(f"bad filter {text!r}: bad field name {field!r} at position {pos + 1}: field names are "
-                          "letters, digits, _ and dots, starting with a letter or _ (as in year or a.b_2)")
-    parts = field.split(".")
-    if not all(parts):
-        raise FilterError(f"bad filter {text!r}: bad field name {field!r} at position {pos + 1} "
-                          "(dots separate nested names, as in a.b)")
-    return "$" + "".join('."' + p.replace('"', '""') + '"' for p in parts)
+    """The SQLite JSON path of `field`: each dotted part quoted, the same walk as field_value."""
+    problem = _name_problem(field)
+    if problem:
+        raise FilterError(f"bad filter {text!r}: bad field name {field!r} at position {pos + 1}{problem}")
+    return "$" + "".join('."' + p.replace('"', '""') + '"' for p in field.split("."))
 
 
 class _Parser:

@@ -397,3 +397,82 @@ def test_dark_mode(server, browser):
     finally:
         context.close()
 
+
+
+# -- the standalone map (`latent map -o map.html`): one offline file, opened from disk ----------------------
+@pytest.fixture(scope="module")
+def standalone_maps(index_dirs, tmp_path_factory) -> dict[str, Path]:
+    """The offline HTML maps of the sentences (coloured by topic, with the hostile item) and of the photos."""
+    from latent.search.map_html import render_html
+    from latent.search.maps import compute_map
+
+    folder = tmp_path_factory.mktemp("standalone")
+    out = {}
+    for name, directory, colour in (("sentences", index_dirs[2], "topic"), ("photos", index_dirs[1], None)):
+        index = Index.open(directory)
+        try:
+            m = compute_map(index, method="pca")
+        finally:
+            index.close()
+        out[name] = render_html(m, folder / f"{name}.html", color_by=colour).path
+    return out
+
+
+def _open_file(browser, path: Path):
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, device_scale_factor=1)
+    page = context.new_page()
+    errors: list[str] = []
+    requests: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP violations too
+    page.on("request", lambda r: requests.append(r.url))
+    page.set_default_timeout(TIMEOUT)
+    page.goto(path.as_uri())
+    page.wait_for_function("() => Number(document.getElementById('map').dataset.drawn) > 0")
+    return context, page, errors, requests
+
+
+def test_the_standalone_map_labels_finds_and_singles_out_a_class_offline(browser, server, standalone_maps):
+    import urllib.request
+
+    path = standalone_maps["sentences"]
+    with urllib.request.urlopen(f"{server}/static/labels.js") as answer:  # what the served page runs
+        served_labels = answer.read().decode("utf-8")
+    assert served_labels in path.read_text(encoding="utf-8")  # the same label placement, inlined
+    context, page, errors, requests = _open_file(browser, path)
+    try:
+        points = 400 // 5 + 1  # sentences[::5] and the hostile item
+        assert int(page.get_attribute("#map", "data-drawn")) == points
+        assert int(page.get_attribute("#map", "data-labels")) >= 5
+        shot(page, "standalone-map")
+        hover_a_point(page)
+        assert page.inner_text("#tip .key")
+        page.mouse.move(0, 0)
+        page.fill("#find", "tomato soup")  # the hostile item: found, shown as text
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('1 match')")
+        page.click("#legend .item >> nth=0")  # one class only
+        page.wait_for_function("(n) => Number(document.getElementById('map').dataset.drawn) < n", arg=points)
+        page.fill("#find", "")
+        page.uncheck("#labels")
+        page.wait_for_function("() => document.getElementById('map').dataset.labels === '0'")
+        assert page.evaluate("window.pwned") is None
+        assert requests == [path.as_uri()]  # nothing fetched: data, script, style and images are inline
+        assert not errors, errors
+    finally:
+        context.close()
+
+
+def test_the_standalone_map_of_the_photos_shows_inline_thumbnails(browser, standalone_maps):
+    context, page, errors, requests = _open_file(browser, standalone_maps["photos"])
+    try:
+        assert int(page.get_attribute("#map", "data-drawn")) == len(PHOTOS)
+        assert page.is_visible("#thumbs-toggle")
+        page.wait_for_timeout(300)  # the data: URI thumbnails decode
+        hover_a_point(page, step=20)
+        assert page.inner_text("#tip .key").endswith(".jpg")
+        assert page.eval_on_selector("#tip img", "i => i.complete && i.naturalWidth > 0")
+        shot(page, "standalone-photos-map")
+        assert all(not u.startswith("http") for u in requests)
+        assert not errors, errors
+    finally:
+        context.close()

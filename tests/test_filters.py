@@ -4,8 +4,10 @@ against a plain-Python reference on real GloVe vectors."""
 
 from __future__ import annotations
 
+import json
 import operator
 import re
+import sqlite3
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from conftest import word_records
 from latent.indexer import FilterError, Index, Record
+from latent.indexer.filters import field_value
 from latent.search import parse_where, search, search_vectors
 from latent.search import query as query_module
 from latent.search.query import encode_query
@@ -465,3 +468,29 @@ def test_bad_field_name_names_the_position(expr):
 def test_keyword_like_values_keep_their_case():
     assert parse_where("state = OR")[1] == ['$."state"', '$."state"', "OR"]
     assert parse_where("state in (IN, NOT)")[1] == ['$."state"', '$."state"', "IN", "NOT"]
+
+
+# -- field_value: the filters' field rule and walk, in Python (the map colours by it) -------------------
+FIELD_ROWS = [{"a": 1}, {"a": {"b": "x", "c": [1, 2]}}, {"a.b": 5}, {"a": {"b": None}}, {"a": [{"b": 1}]}, {},
+              {"a": {"b": {"c": True}}}, {"x_1": 2.5, "a": {"b": False}}, {"_": {"Z9": "deep"}}]
+
+
+@pytest.mark.parametrize("name", ["a", "a.b", "a.c", "a.b.c", "x_1", "b", "_.Z9"])
+def test_field_value_reads_what_the_filters_compare(name):
+    path = parse_where(f"{name} > 0")[1][0]  # the JSON path the filter binds for the field
+    db = sqlite3.connect(":memory:")
+    for metadata in FIELD_ROWS:
+        text = json.dumps(metadata)
+        found, kind = db.execute("SELECT json_extract(?, ?), json_type(?, ?)", (text, path, text, path)).fetchone()
+        expected = json.loads(found) if kind in ("object", "array") else (kind == "true") if kind in ("true", "false") \
+            else found
+        value = field_value(metadata, name)
+        assert value == expected and type(value) is type(expected), (name, metadata, value, expected)
+
+
+@pytest.mark.parametrize("name", ["a..b", "1a", "a-b", "a.", ".a", "a:b"])
+def test_field_value_takes_the_filters_field_names(name):
+    with pytest.raises(FilterError, match="bad field name"):
+        parse_where(f"{name} > 0")
+    with pytest.raises(FilterError, match="bad field name"):
+        field_value({name: 1}, name)

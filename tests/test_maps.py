@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 
 from latent.indexer import Index, Record
-from latent.search.maps import MapError, colouring, compute_map, render_html, render_png
+from latent.indexer.errors import MissingExtra
+from latent.search.map_html import STATIC_DIR, render_html
+from latent.search.map_png import render_png
+from latent.search.map_render import colouring
+from latent.search.maps import MapError, compute_map
 
 pytest.importorskip("matplotlib")
 
@@ -144,7 +148,7 @@ def test_clear_errors(sentence_map_index, pca_map, tmp_path, monkeypatch):
         render_png(pca_map, tmp_path / "missing" / "x.png")
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.html").exists()
     monkeypatch.setitem(sys.modules, "umap", None)  # import umap -> ImportError
-    with pytest.raises(MapError, match="pip install umap-learn.*pca or tsne"):
+    with pytest.raises(MissingExtra, match=r"UMAP map needs umap.*pip install 'latent-search\[viz\]'"):
         compute_map(sentence_map_index, method="umap")
     tiny = Index.create(tmp_path / "tiny", encoder="glove", index_type="flat")
     tiny.add([Record(text=w, key=w, kind="word") for w in ("cat", "dog")])
@@ -219,6 +223,20 @@ def test_html_is_offline_and_holds_every_point(tsne_map, tmp_path):
     assert all(by_key[k].startswith(t.rstrip("…")) for k, t in zip(data["key"], data["text"]))
     csp = [a["content"] for t, a in parser.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
     assert csp and csp[0].startswith("default-src 'none'; script-src 'sha256-")
+
+
+def test_label_placement_is_one_file_that_the_server_serves_and_the_map_inlines(pca_map, tmp_path):
+    static = STATIC_DIR
+    labels_js, map_js = ((static / name).read_text(encoding="utf-8") for name in ("labels.js", "map.js"))
+    text = render_html(pca_map, tmp_path / "m.html").path.read_text(encoding="utf-8")
+    assert labels_js + "\n" + map_js in text and "</" not in labels_js + map_js
+    served = (static / "index.html").read_text(encoding="utf-8")
+    assert served.index('<script src="static/labels.js"') < served.index('<script src="static/app.js"')
+    # the overlap test of label boxes stands once in the page sources and the Python of latent.search
+    sources = sorted(static.glob("*.js")) + sorted(static.glob("*.html")) + sorted(static.parent.glob("*.py"))
+    overlap = "b[0] < o[2] && o[0] < b[2]"
+    assert [p.name for p in sources if overlap in p.read_text(encoding="utf-8")] == ["labels.js"]
+    assert all("latentLabels.place(ctx" in (static / name).read_text(encoding="utf-8") for name in ("app.js", "map.js"))
 
 
 EVIL = "</script><script>alert(1)</script>"

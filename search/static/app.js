@@ -700,7 +700,8 @@
     let pending = null;         // AbortController of the map request
     let W = 0, H = 0, dpr = 1;
     let view = {s: 1, tx: 0, ty: 0};  // screen = data * s + t (data in [0, 1], y up)
-    let hover = -1, marked = new Set(), thumbs = [], labelWidth = [], colours = null, frame = 0;
+    let hover = -1, marked = new Set(), thumbs = [], labels = [], labelOrder = [], labelWidth = [];
+    let colours = null, frame = 0;
 
     function open() {
       panel.hidden = false;
@@ -719,7 +720,8 @@
 
     function reset() {
       if (pending) pending.abort();
-      data = null; forIndex = null; hover = -1; marked = new Set(); thumbs = []; labelWidth = [];
+      data = null; forIndex = null; hover = -1; marked = new Set(); thumbs = []; labels = []; labelOrder = [];
+      labelWidth = [];
       status.textContent = "";
       tip.hidden = true;
       canvas.dataset.drawn = "0";
@@ -760,6 +762,11 @@
     function prepare() {
       const pts = data.points;
       thumbs = new Array(pts.length).fill(null);
+      labels = pts.map((p) => {
+        const text = typeof p.label === "string" && p.label ? p.label : String(p.key);
+        return text.length > 28 ? text.slice(0, 27) + "…" : text;
+      });
+      labelOrder = pts.map((p, i) => i);  // the API's order
       labelWidth = new Array(pts.length).fill(-1);
       const images = pts.filter((p) => p.thumbnail).length;
       if (images && images <= 400) {
@@ -883,34 +890,13 @@
     }
 
     function drawLabels(r) {
-      // labels in the API's order, each where it overlaps no other, until they cover 6% of the map
+      // each where it overlaps no other, until they cover 6% of the map (labels.js)
       const pts = data.points;
-      ctx.font = FONT;
-      ctx.textAlign = "left"; ctx.textBaseline = "middle"; ctx.lineJoin = "round";
-      const boxes = [], budget = 0.06 * W * H;
-      let covered = 0, tried = 0;
-      for (let i = 0; i < pts.length; i++) {
-        if (covered > budget || tried > 3000) break;
-        if (thumbs[i]) continue;
-        const p = pts[i];
-        const text = typeof p.label === "string" && p.label ? p.label : String(p.key);
-        const x = sx(p) + r + 3, y = sy(p);
-        if (x < 0 || y < 8 || x > W || y > H - 8) continue;
-        tried++;
-        if (labelWidth[i] < 0) labelWidth[i] = ctx.measureText(text.length > 28 ? text.slice(0, 27) + "…" : text).width;
-        const b = [x - 1, y - 7, x + labelWidth[i] + 1, y + 7];
-        if (b[2] > W) continue;
-        let clash = false;
-        for (const o of boxes) {
-          if (b[0] < o[2] && o[0] < b[2] && b[1] < o[3] && o[1] < b[3]) { clash = true; break; }
-        }
-        if (clash) continue;
-        boxes.push(b);
-        covered += (b[2] - b[0]) * (b[3] - b[1]);
-        const shown = text.length > 28 ? text.slice(0, 27) + "…" : text;
-        ctx.lineWidth = 3; ctx.strokeStyle = colours.halo; ctx.strokeText(shown, x, y);
-        ctx.fillStyle = colours.label; ctx.fillText(shown, x, y);
-      }
+      latentLabels.place(ctx, {
+        order: labelOrder, W: W, H: H, share: 0.06, tries: 3000, boxes: [], widths: labelWidth,
+        at: (i) => (thumbs[i] ? null : [sx(pts[i]) + r + 3, sy(pts[i])]), text: (i) => labels[i],
+        font: FONT, ink: colours.label, halo: colours.halo,
+      });
     }
 
     function nearest(px, py) {
