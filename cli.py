@@ -531,7 +531,9 @@ def map_cmd(ctx, directory: Path, output: Path | None, method: str, color_by: st
         latent map photos --html --method tsne --color-by label
         latent map @words -o words.png --sample 3000 --labels 40
     """
-    from latent.search.maps import compute_map, render_html, render_png
+    from latent.search.map_html import render_html
+    from latent.search.map_png import render_png
+    from latent.search.maps import compute_map
 
     if output is None:
         output = Path("map.html" if as_html else "map.png")
