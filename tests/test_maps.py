@@ -302,3 +302,19 @@ def test_image_map_html_embeds_thumbnails_as_data_uris(image_map, tmp_path):
     assert "http://" not in text and "https://" not in text
     _, data = parse_html(text)
     assert all(t.startswith("data:image/jpeg;base64,") and len(t) < 12_000 for t in data["thumb"])
+
+
+def test_cli_map_writes_png_and_html(sentence_map_index, tmp_path):
+    """The `latent map` command end to end: the renderers it imports and the files it writes."""
+    from click.testing import CliRunner
+
+    from latent.cli import cli
+
+    runner = CliRunner()
+    for name in ("map.png", "map.html"):
+        out = runner.invoke(cli, ["map", str(sentence_map_index.directory), "-o", str(tmp_path / name),
+                                  "--color-by", "topic", "--labels", "5"])
+        assert out.exit_code == 0, out.output
+        assert f"Wrote {tmp_path / name}" in out.output
+    assert png_size(tmp_path / "map.png")[0] > 100
+    assert "<canvas" in (tmp_path / "map.html").read_text(encoding="utf-8")
