@@ -23,7 +23,7 @@ from .filters import parse_where
 from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock, env_seconds
 from .readers import Item, Record, Skip, as_items, content_hash, records_from_texts
-from .store import DB_NAME, Store
+from .store import DB_NAME, SeenKeys, Store
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, advanced by, total or None)
 OnCommit = Callable[[int, int], None]  # (generation, items in the batch), once the batch is durable
@@ -101,6 +101,18 @@ def metadata_json(metadata) -> str:
         return json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise InputError(f"metadata cannot be stored as JSON ({e})") from None
+
+
+def _duplicate(rec: Record, key: str, first: Record | None) -> str:
+    """The reason a later row of one input with the key of an earlier row is not stored."""
+    if first is None or first.line is None:
+        where = "an earlier row"
+    else:
+        where = f"line {first.line}" if first.source == rec.source else f"{first.source}:{first.line}"
+    if rec.key is None:  # keyed by the hash of its text
+        return (f"the same text as {where} of this input, stored once (rows without a key are keyed by their "
+                "text; give each row a key to store both)")
+    return f"duplicate key {key!r}: {where} of this input has it, and the first row is kept"
 
 
 class Index:
@@ -512,8 +524,8 @@ class Index:
             items = prefetch(items, enc.preprocess, ahead=2 * batch_size)
         report = IngestReport()
         try:
-            with self._writing(report, progress):
-                self._add_items(items, report, batch_size, progress, total, on_commit)
+            with self._writing(report, progress), SeenKeys() as seen:
+                self._add_items(items, report, batch_size, progress, total, on_commit, seen)
         except StorageError as e:
             if not report.committed:
                 raise
@@ -523,7 +535,7 @@ class Index:
         return report
 
     def _add_items(self, items: Iterable[Item], report: IngestReport, batch_size: int, progress: Progress,
-                   total: int | None, on_commit: OnCommit | None) -> None:
+                   total: int | None, on_commit: OnCommit | None, seen: SeenKeys) -> None:
         last_save = time.monotonic()
         save_every = env_seconds("LATENT_SAVE_EVERY_S", 60.0) if SAVE_EVERY_S is None else SAVE_EVERY_S
         progress("add", 0, total)
@@ -531,7 +543,7 @@ class Index:
 
         def flush() -> None:
             before = len(report.committed)
-            self._add_batch(batch, report)
+            self._add_batch(batch, report, seen)
             if on_commit is not None and len(report.committed) > before:
                 on_commit(*report.committed[-1])
             progress("add", len(batch), total)
@@ -609,9 +621,9 @@ class Index:
             return None
         return prepared.sha256, {**prepared.metadata, **rec.metadata}, prepared.array
 
-    def _add_batch(self, batch: list[Record], report: IngestReport) -> None:
+    def _add_batch(self, batch: list[Record], report: IngestReport, seen: SeenKeys) -> None:
         by_key: dict[str, tuple[Record, str, str, np.ndarray | None]] = {}
-        for rec in batch:  # the last record of a key within a batch wins
+        for rec in batch:  # the first row of a key in one input is stored, a later one is reported
             resolved = self._resolve(rec, report)
             if resolved is None:
                 continue
@@ -626,7 +638,13 @@ class Index:
                 report.skipped.append(Skip(rec.source, rec.line, "the key is empty, contains a NUL character or is "
                                            f"not valid Unicode: {_shown(key)}"))
                 continue
+            if key in by_key:
+                report.skipped.append(Skip(rec.source, rec.line, _duplicate(rec, key, by_key[key][0])))
+                continue
             by_key[key] = (rec, rec_hash, meta, array)
+        for key, (source, line) in seen.earlier(list(by_key)).items():  # an earlier batch of this input had it
+            rec = by_key.pop(key)[0]
+            report.skipped.append(Skip(rec.source, rec.line, _duplicate(rec, key, Record("", source=source, line=line))))
         self._skip_duplicate_images(by_key, report)
         existing = self.store.lookup(list(by_key))
         to_encode: list[tuple[str, Record, np.ndarray | None]] = []
@@ -642,6 +660,7 @@ class Index:
                     report.unchanged += 1
                 continue
             to_encode.append((key, rec, array))
+        offered = [key for key, _, _ in to_encode]
         vectors, extra = self._encode_records(to_encode, report)
         zero = ~vectors.any(axis=1)
         if zero.any():  # no direction to search by: such an item could never be found
@@ -650,6 +669,8 @@ class Index:
             to_encode[:] = [t for t, z in zip(to_encode, zero) if not z]
             extra = [e for e, z in zip(extra, zero) if not z]
             vectors = vectors[~zero]
+        dropped = set(offered) - {key for key, _, _ in to_encode}  # the encoder refused them: not stored
+        seen.add([(key, by_key[key][0].source, by_key[key][0].line) for key in by_key if key not in dropped])
         if not to_encode and not meta_updates:
             return
         replace_ids = [existing[key][0] for key, _, _ in to_encode if key in existing]

@@ -222,7 +222,11 @@ def _record_from_fields(row: dict, path: str, number: int, text_field: str, key_
         value = row.get(key_field)
         if value is None or (isinstance(value, str) and not value.strip()):
             return Skip(path, number, f"no key field {key_field!r}")
-        key = str(value)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            # 1.0, true or [1] would need a lossy spelling as text: two rows could end up with one key
+            return Skip(path, number, f"the key field {key_field!r} holds {_JSON_TYPES.get(type(value), 'a value')} "
+                                      f"{json.dumps(value)[:40]}, not text or a whole number; quote it")
+        key = str(value)  # a whole number is its decimal digits; 1 and "1" are then the same key
     metadata = {k: v for k, v in row.items() if k != text_field}
     return Record(text=text, key=key, metadata=metadata, source=path, line=number)
 
@@ -246,7 +250,7 @@ def _read_jsonl(path: str, *, text_field: str, key_field: str | None) -> Iterato
             yield Skip(path, number, "JSON nested too deeply to read")
             continue
         if not isinstance(row, dict):
-            yield Skip(path, number, f"a JSON {_JSON_TYPES.get(type(row), 'value')}, not an object")
+            yield Skip(path, number, f"a JSON value ({_JSON_TYPES.get(type(row), 'a value')}), not an object")
             continue
         yield _record_from_fields(row, path, number, text_field, key_field)
 
@@ -264,8 +268,8 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
-               bool: "boolean", type(None): "null"}
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
 
 
 def _read_csv(path: str, *, text_field: str, key_field: str | None) -> Iterator[Item]:

@@ -486,3 +486,33 @@ def _to_matrix(blobs: list[bytes], dim: int) -> np.ndarray:
         raise IndexCorrupt(f"latent.db holds {bad} damaged vector(s) (not {dim} float32 values); "
                            "run `latent check` to list them and `latent rebuild` to re-encode them")
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()
+
+
+class SeenKeys:
+    """The keys one input has offered so far, and where (source, line): a private temporary
+    on-disk SQLite database, so that an input of millions of rows stays in bounded memory."""
+
+    def __init__(self):
+        self.conn = sqlite3.connect("", isolation_level=None)  # "": temporary, on disk, deleted on close
+        self.conn.execute("CREATE TABLE seen (key TEXT PRIMARY KEY, source TEXT, line INTEGER)")
+
+    def __enter__(self) -> "SeenKeys":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.conn.close()
+
+    def earlier(self, keys: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+        """{key: (source, line)} of those of `keys` that an earlier row offered."""
+        out: dict[str, tuple[str, int | None]] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), _CHUNK):
+            rows = self.conn.execute("SELECT key, source, line FROM seen WHERE key IN (SELECT value FROM json_each(?))",
+                                     [json.dumps(keys[start:start + _CHUNK])]).fetchall()
+            out.update({key: (source, line) for key, source, line in rows})
+        return out
+
+    def add(self, rows: Sequence[tuple[str, str, int | None]]) -> None:
+        """Remember (key, source, line) rows; a key already remembered keeps its first row."""
+        with self.conn:
+            self.conn.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)", rows)
