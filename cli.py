@@ -1,9 +1,6 @@
 """The `latent` command: one click group holding the commands of latent.commands and those that
-plugins register (`latent vae`, `latent gan`), and main(), the console script.
-
-Errors from the library are one line on stderr and exit code 1 (2 for usage errors); --debug
-shows the traceback (latent.commands.common.Group).
-"""
+plugins register (`latent vae`, `latent gan`), and main(), the console script. The error policy
+and the flags every command takes are latent.commands.common.Group's."""
 
 from __future__ import annotations
 
