@@ -20,20 +20,32 @@ torch.load(weights_only=True) alone (see files.py). Nothing here prints: trainin
 an `on_epoch` callback, ingestion a `progress` callback.
 """
 
-from .data import (DIGITS, Dataset, PixelEncoder, add_arrays, add_dataset, label_images, load_dataset, load_digits,
-                   load_folder, load_reference, reference_index, to_model_input)
-from .files import ModelFileError, check_model_path, load_model, save_model
-from .gan import (Direction, GANModel, evaluate_direction, find_direction, load_gan, reference, source_samples,
-                  train_gan, walk)
-from .grids import compose, save_grid
-from .vae import VAEEncoder, VAEModel, add_images, load_vae, load_vae_encoder, open_index, train_vae
+from __future__ import annotations
 
-__all__ = [
-    "DIGITS", "Dataset", "load_dataset", "load_digits", "load_folder", "load_reference", "to_model_input",
-    "PixelEncoder", "add_arrays", "add_dataset", "reference_index", "label_images",
-    "ModelFileError", "save_model", "load_model", "check_model_path",
-    "VAEModel", "VAEEncoder", "train_vae", "load_vae", "load_vae_encoder", "open_index", "add_images",
-    "GANModel", "Direction", "train_gan", "load_gan", "find_direction", "source_samples", "walk",
-    "evaluate_direction", "reference",
-    "compose", "save_grid",
-]
+from importlib import import_module
+
+# torch loads with the first name used, not with the package: `latent --help` lists the `vae` and
+# `gan` commands through latent.generative.plugin without paying for it
+_EXPORTS = {
+    "data": ["DIGITS", "Dataset", "load_dataset", "load_digits", "load_folder", "load_reference", "to_model_input",
+             "PixelEncoder", "add_arrays", "add_dataset", "reference_index", "label_images"],
+    "files": ["ModelFileError", "save_model", "load_model", "check_model_path"],
+    "vae": ["VAEModel", "VAEEncoder", "train_vae", "load_vae", "load_vae_encoder", "open_index", "add_images"],
+    "gan": ["GANModel", "Direction", "train_gan", "load_gan", "find_direction", "source_samples", "walk",
+            "evaluate_direction", "reference"],
+    "grids": ["compose", "save_grid"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

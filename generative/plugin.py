@@ -20,3 +20,10 @@ def register_encoders(register) -> None:
     # cached by the loader itself, which sees a model file retrained on disk
     register("vae:", _vae, "the latent means of a VAE trained with `latent vae train` (images)",
              canonical=_absolute, cached=False, argument="<model file>")
+
+
+def register_commands(cli) -> None:
+    from .cli import gan, vae  # the command line loads with the `latent` command, not with the encoders
+
+    cli.add_command(vae)
+    cli.add_command(gan)

@@ -1,12 +1,18 @@
 """The `latent` command through click's CliRunner: outputs, --json shapes, exit codes."""
 
+import inspect
 import json
 
+from pathlib import Path
+
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from latent.cli import cli
+from latent.commands.common import Flags, flags
+from latent.indexer.errors import IndexNotFound
 
 
 @pytest.fixture
@@ -154,6 +160,16 @@ def test_lines_and_stdin(run, tmp_path):
     assert {h["key"] for h in hits} == {"apple", "banana", "cherry"}
 
 
+def all_commands(group=cli, path=()):
+    """(path, command) for the group and every command under it, the plugins' included."""
+    yield path, group
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
 def test_help_texts_have_examples(run):
     commands = [[c] for c in ["create", "add", "search", "similar", "delete", "info", "check", "rebuild", "words",
                               "demo", "encoders", "analogy", "interpolate", "map"]]
@@ -162,6 +178,79 @@ def test_help_texts_have_examples(run):
     for command in commands:
         result = run(*command, "--help")
         assert result.exit_code == 0 and "Example:" in result.output, command
+    for path, command in all_commands():  # every docstring ends with its examples
+        assert inspect.cleandoc(command.help).rsplit("\n\n", 1)[-1].startswith("\b\nExample:\n    latent "), path
+        assert run(*path, "--help").exit_code == 0, path
+
+
+def placeholders(command: click.Command) -> list[str]:
+    """Values for the required arguments and options of `command`, enough to parse it."""
+    args = []
+    for param in command.params:
+        if param.required:
+            args += ["x.png"] if isinstance(param, click.Argument) else [param.opts[0], "x.png"]
+    return args
+
+
+def parse(path: tuple, command: click.Command, args: list[str]) -> click.Context:
+    """Parse `latent *path *args` for `command`, under fresh contexts of the groups above it."""
+    if not path:
+        return cli.make_context("latent", args)
+    group = cli
+    parent = click.Context(cli, info_name="latent")
+    for name in path[:-1]:
+        group = group.commands[name]
+        parent = click.Context(group, info_name=name, parent=parent)
+    return command.make_context(path[-1], args, parent=parent)
+
+
+def test_quiet_json_debug_are_accepted_after_the_arguments_of_every_command():
+    paths = []
+    for path, command in all_commands():
+        for given in (["-q", "--json", "--debug"], ["--quiet"]):
+            ctx = parse(path, command, [*placeholders(command), *given])
+            assert flags(ctx) == Flags(quiet=True, json=len(given) > 1, debug=len(given) > 1), (path, given)
+        paths.append(path)
+    assert {("add",), ("serve",), ("vae", "train"), ("gan", "direction")} <= set(paths)
+    # before the command, on the group, as before
+    ctx = cli.make_context("latent", ["-q", "--json", "info", "x"])
+    assert flags(ctx) == Flags(quiet=True, json=True, debug=False)
+
+
+def test_help_lists_the_plugin_commands(run):
+    result = run("--help")
+    assert result.exit_code == 0
+    listed = {line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()}
+    assert {"vae", "gan", "search", "map", "serve"} <= listed
+    assert cli.commands["vae"].callback.__module__ == "latent.generative.cli"  # registered by the plugin
+
+
+def test_the_cli_module_only_assembles_the_group():
+    import latent.cli
+
+    source = Path(latent.cli.__file__).read_text()
+    assert len(source.splitlines()) < 100 and "generative" not in source
+    for path, command in all_commands():
+        if path:
+            assert command.callback.__module__.startswith(("latent.commands.", "latent.generative.")), path
+
+
+def test_json_quiet_and_debug_after_the_arguments(run, notes, tmp_path, monkeypatch):
+    quiet = run("add", notes, tmp_path / "notes.jsonl", "--key-field", "id", "--quiet")
+    assert quiet.exit_code == 0 and "unchanged 60" in quiet.output
+    created = run("create", tmp_path / "new", "--encoder", "glove", "--json")
+    assert created.exit_code == 0 and json.loads(created.output)["encoder"] == "glove"
+    deleted = run("delete", notes, "s0190", "nope", "--json")
+    assert json.loads(deleted.output) == {"deleted": 1, "missing": ["nope"], "count": 59}
+    rebuilt = json.loads(run("rebuild", notes, "--json").output)
+    assert rebuilt["repaired"] == [] and rebuilt["count"] == 59 and rebuilt["faiss_factory"] == "Flat"
+    names = [e["name"] for e in json.loads(run("encoders", "--json").output)["encoders"]]
+    assert {"minilm", "glove", "vae:<model file>"} <= set(names)
+    monkeypatch.setattr("latent.search.server.serve", lambda dirs, announce, **kw: announce(f"Serving {dirs}"))
+    served = run("serve", notes, "--json")
+    assert served.exit_code == 0 and json.loads(served.output) == {"message": f"Serving {[str(notes)]}"}
+    debug = run("search", tmp_path / "nowhere", "x", "--debug")  # the exception itself, not one line
+    assert debug.exit_code == 1 and isinstance(debug.exception, IndexNotFound) and "Error:" not in debug.output
 
 
 def test_images_through_the_cli(run, tmp_path):

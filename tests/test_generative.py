@@ -388,15 +388,13 @@ def test_grids_upscale_and_separate(tmp_path):
         save_grid([cells], tmp_path / "no" / "such.png")
 
 
-# -- the command line, once the draft commands are in cli.py -------------------------------------------
+# -- the command line: `latent vae` and `latent gan`, registered by latent.generative.plugin ----------------
 @pytest.fixture
 def run():
     from click.testing import CliRunner
 
     from latent.cli import cli
 
-    if "vae" not in cli.commands or "gan" not in cli.commands:
-        pytest.skip("the `latent vae` / `latent gan` commands are not in cli.py yet")
     runner = CliRunner()
 
     def invoke(*args):
@@ -426,6 +424,9 @@ def test_cli_vae(run, vae_file, tmp_path):
         assert png.size == (2 + 8 * 64 + 5 * 2 + 2 * 8 + 2, 2 + 64 + 2)
     result = run("vae", "sample", vae_file, "-o", tmp_path / "samples.png", "-n", "12", "--cols", "4")
     assert result.exit_code == 0 and (tmp_path / "samples.png").exists(), result.output
+    result = run("vae", "sample", vae_file, "-o", tmp_path / "samples.png", "-n", "4", "--json", "--quiet")
+    doc = json.loads(result.output)
+    assert doc["path"] == str(tmp_path / "samples.png") and doc["shows"] == "4 samples, seed 0" and doc["bytes"] > 0
 
     (tmp_path / "evil.vae").write_bytes(pickle.dumps(_Payload(tmp_path / "pwned")))
     result = run("vae", "sample", tmp_path / "evil.vae", "-o", tmp_path / "x.png")

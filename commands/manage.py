@@ -1,0 +1,234 @@
+"""The commands that make and look after an index: create, add, delete, info, check, rebuild
+and tune."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from latent.indexer import Index, read_inputs
+from latent.indexer.readers import check_inputs
+from .common import cell, echo_json, flags, index_dir, open_index, progress_bars
+
+
+@click.command()
+@index_dir
+@click.option("--encoder", "-e", default="minilm", show_default=True,
+              help="minilm, glove, efficientnet, conse, st:<name or path>, clip:<arch>/<pretrained>, or "
+                   "vectors:<dim> for vectors made elsewhere (`latent encoders` lists them).")
+@click.option("--index", "index_type", default="auto", show_default=True, metavar="TYPE",
+              help="flat, hnsw, ivf, ivfpq, auto (exact up to 2^25 floats, e.g. 87k 384-d items; HNSW32 up to "
+                   "2^30; IVF-PQ re-ranked beyond), or a FAISS factory string.")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), metavar="R",
+              help="Tune search parameters to reach recall@10 >= R on held-out items whenever the index is "
+                   "built as an approximate type, and again each time it doubles.")
+def create(directory: Path, encoder: str, index_type: str, target_recall: float | None):
+    """Create an empty index in DIRECTORY; with --json, print its `latent info`.
+
+    \b
+    Example:
+        latent create words --encoder glove --index hnsw
+        latent create big --index auto --target-recall 0.95
+    """
+    with Index.create(directory, encoder=encoder, index_type=index_type, target_recall=target_recall) as index:
+        info = index.info()
+    if flags().json:
+        echo_json(info)
+        return
+    target = f", tuned to recall@10 >= {target_recall}" if target_recall else ""
+    click.echo(f"Created {directory}: encoder {info['encoder']} ({info['dim']}-d), index {info['index_type']}{target}")
+
+
+@click.command()
+@index_dir
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["lines", "words", "csv", "jsonl", "images"]),
+              help="Input format (default: folders and image files are images; .csv, .jsonl/.ndjson; "
+                   "else lines).")
+@click.option("--text-field", default="text", show_default=True, help="CSV/JSONL field holding the text.")
+@click.option("--key-field", help="CSV/JSONL field holding the item key (default: a hash of the text).")
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Items per batch and transaction.")
+@click.option("--encoder", "-e", help="Refuse unless the index uses this encoder.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Print a line on stderr as each batch is committed (durable: kept whatever happens next).")
+def add(directory: Path, inputs, fmt, text_field, key_field, batch_size, encoder, verbose):
+    """Add the items of INPUTS (files, folders of images, or - for stdin) to DIRECTORY.
+
+    Existing keys are replaced (upsert); unchanged items are not re-encoded. Bad lines and
+    bad image files are skipped and reported; everything else is added. Image keys are the
+    paths relative to the folder given; the same image content is stored once.
+
+    \b
+    Example:
+        latent add notes notes.csv --text-field body --key-field id
+        latent add photos ~/Pictures/holiday --format images
+    """
+    check_inputs(inputs, fmt)
+    progress = progress_bars()
+    started = time.perf_counter()
+    with Index.open(directory) as index:
+        try:
+            def committed(generation: int, n: int) -> None:
+                progress.write(f"committed generation {generation}: {n} items")
+
+            report = index.add(read_inputs(inputs, fmt=fmt, text_field=text_field, key_field=key_field),
+                               batch_size=batch_size, encoder=encoder, progress=progress,
+                               on_commit=committed if verbose else None)
+        finally:
+            progress.close()
+        count = index.count()
+    elapsed = time.perf_counter() - started
+    if flags().json:
+        echo_json({**report.as_dict(), "count": count, "seconds": round(elapsed, 3)})
+        return
+    click.echo(f"Added {report.added}, replaced {report.replaced}, metadata updated {report.metadata_updated}, "
+               f"unchanged {report.unchanged}, skipped {len(report.skipped)} "
+               f"({len(report.committed)} batches committed in {elapsed:.1f}s); {count} items in {directory}")
+    if report.skipped:
+        click.echo(f"Skipped {len(report.skipped)} input(s):", err=True)
+        for s in report.skipped[:50]:
+            where = f"{s.source}:{s.line}" if s.line else s.source
+            click.echo(f"  {where}: {s.reason}", err=True)
+        if len(report.skipped) > 50:
+            click.echo(f"  ... and {len(report.skipped) - 50} more (all are kept in the index's skipped table)",
+                       err=True)
+
+
+@click.command()
+@index_dir
+@click.argument("keys", nargs=-1, required=True)
+def delete(directory: Path, keys):
+    """Delete items by key from DIRECTORY.
+
+    \b
+    Example:
+        latent delete notes s0001 s0002
+        latent delete notes s0003 --json
+    """
+    with Index.open(directory) as index:
+        deleted, missing = index.delete(list(keys))
+        count = index.count()
+    if flags().json:
+        echo_json({"deleted": deleted, "missing": missing, "count": count})
+        return
+    click.echo(f"Deleted {deleted}; {count} items left in {directory}")
+    if missing:
+        click.echo(f"Not found: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}", err=True)
+
+
+@click.command()
+@index_dir
+def info(directory: Path):
+    """Count, encoder, dimension, metric, index type, size on disk and generation of DIRECTORY.
+
+    \b
+    Example:
+        latent info notes --json
+    """
+    with open_index(directory) as index:
+        facts = index.info()
+    if flags().json:
+        echo_json(facts)
+        return
+    width = max(len(k) for k in facts)
+    for key, value in facts.items():
+        click.echo(f"{key.ljust(width)}  {cell(value, 200)}")
+
+
+@click.command()
+@index_dir
+def check(directory: Path):
+    """Check DIRECTORY: SQLite integrity, damaged rows, the vectors file's checksum and
+    generation, FAISS ids == item ids. Changes nothing.
+
+    Exits 1 when a problem is found, naming it and what repairs it. A vectors file that is
+    only behind the store (a crash before its save) is a note: opening catches it up.
+
+    \b
+    Example:
+        latent check notes
+    """
+    with Index.open(directory) as index:
+        report = index.check()
+    if flags().json:
+        echo_json(report)
+    else:
+        for note in report["notes"]:
+            click.echo(f"Note: {note}", err=True)
+        for problem in report["problems"]:
+            click.echo(f"Problem: {problem}", err=True)
+        if report["ok"]:
+            click.echo(f"OK: {report['count']} items, generation {report['generation']}, "
+                       f"SQLite {report['sqlite_integrity']}, vector index in step with the store")
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@click.command()
+@index_dir
+def rebuild(directory: Path):
+    """Repair DIRECTORY from its store (SQLite, the source of truth): re-encode damaged
+    vectors from their text, keep unreadable metadata as text, and rebuild the FAISS index.
+
+    \b
+    Example:
+        latent rebuild notes
+    """
+    progress = progress_bars()
+    started = time.perf_counter()
+    with Index.open(directory) as index:
+        try:
+            repaired = index.rebuild(progress=progress)
+        finally:
+            progress.close()
+        facts = index.info()
+    elapsed = time.perf_counter() - started
+    if flags().json:
+        echo_json({"repaired": repaired, "count": facts["count"], "faiss_factory": facts["faiss_factory"],
+                   "generation": facts["generation"], "seconds": round(elapsed, 3)})
+        return
+    for line in repaired:
+        click.echo(f"Repaired: {line}")
+    click.echo(f"Rebuilt {directory}: {facts['count']} items, {facts['faiss_factory']}, "
+               f"generation {facts['generation']} in {elapsed:.1f}s")
+
+
+@click.command()
+@index_dir
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), metavar="R",
+              help="Recall@10 to reach (kept for re-tuning as the index grows). [default: the index's own]")
+def tune(directory: Path, target_recall: float | None):
+    """Tune the search parameters of DIRECTORY to a recall target, measured on held-out items.
+
+    The vector index is rebuilt without a random sample of 1,000 items (a tenth of a small
+    index), whose exact neighbours are found meanwhile; the cheapest efSearch (HNSW), nprobe
+    (IVF) or nprobe and re-ranking depth (IVF-PQ) reaching the target is kept in the manifest,
+    and the sample is added back. The index is re-tuned each time it has doubled.
+
+    \b
+    Example:
+        latent tune notes --target-recall 0.95
+    """
+    progress = progress_bars()
+    with Index.open(directory) as index:
+        try:
+            record = index.tune(target_recall, progress=progress)
+        finally:
+            progress.close()
+    if flags().json:
+        echo_json(record)
+        return
+    if record.get("note"):
+        click.echo(f"{directory}: {record['note']} (target {record['target_recall']} kept)")
+        return
+    params = ", ".join(f"{k} {v}" for k, v in record["params"].items())
+    verdict = "reached" if record["reached"] else "NOT reached: these are the most thorough settings tried"
+    click.echo(f"Tuned {directory} ({record['factory']}, {record['count']:,} items): {params}; recall@{record['k']} "
+               f"{record['recall']:.3f} on {record['queries']:,} held-out items, goal {record['goal']:.3f} "
+               f"for target {record['target_recall']} ({verdict}); {record['seconds']:.1f}s of measuring")
+
+
+COMMANDS = [create, add, delete, info, check, rebuild, tune]

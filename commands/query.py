@@ -1,0 +1,95 @@
+"""The commands that find neighbours: search (a query or a vector expression), similar (to an
+item, a vector or an image) and words (GloVe neighbours of a word)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from latent.indexer.errors import LatentError
+from latent.search import search as search_index, similar as find_similar
+from latent.search.explore import search_expression
+from latent.search.words import neighbours
+from .common import echo_hits, index_dir, k_option, open_index, progress_bars, where_option
+
+
+@click.command("search")
+@index_dir
+@click.argument("query", required=False)
+@click.option("--expr", metavar="EXPR",
+              help="A vector expression instead of QUERY: keys, quoted texts and image files with + - and "
+                   "weights, e.g. 'king - man + woman' or '0.5*\"a red car\" + photo.jpg'.")
+@click.option("--include-terms", is_flag=True, help="With --expr: keep the keys it names among the hits.")
+@k_option
+@where_option
+def search(directory: Path, query: str | None, expr: str | None, include_terms: bool, k: int, where: str | None):
+    """Search DIRECTORY for the items nearest to QUERY (encoded by the index's encoder), or
+    to a vector expression (--expr). DIRECTORY may be a built-in index: @words, @sentences, @photos.
+
+    \b
+    Example:
+        latent search notes "a dog on the beach" -k 5 --where "topic=animals"
+        latent search @words --expr "king - man + woman" -k 3
+    """
+    if (query is None) == (expr is None):
+        raise click.UsageError("give a QUERY or --expr, not both")
+    with open_index(directory) as index:
+        if expr is not None:
+            hits = search_expression(index, expr, k=k, where=where, include_terms=include_terms)
+        else:
+            hits = search_index(index, query, k=k, where=where)
+    echo_hits(hits, **({"query": query} if query is not None else {"expr": expr}))
+
+
+@click.command()
+@index_dir
+@click.option("--key", help="Key of an item in the index (excluded from its own results).")
+@click.option("--vector", "vector_file", type=click.Path(exists=True, dir_okay=False),
+              help="A .npy file holding one vector of the index's dimension.")
+@click.option("--image", "image_file", type=click.Path(exists=True, dir_okay=False),
+              help="An image file (need not be in the index), for image encoders.")
+@k_option
+@where_option
+def similar(directory: Path, key: str | None, vector_file: str | None, image_file: str | None, k: int,
+            where: str | None):
+    """Items of DIRECTORY nearest to a stored item (--key), a vector (--vector) or an image (--image).
+
+    \b
+    Example:
+        latent similar notes --key s0202 -k 5
+        latent similar photos --image cat.jpg --where "label=tabby"
+    """
+    if sum(x is not None for x in (key, vector_file, image_file)) != 1:
+        raise click.UsageError("give exactly one of --key, --vector or --image")
+    vector = None
+    if vector_file:
+        try:
+            vector = np.load(vector_file, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise LatentError(f"cannot read {vector_file} as a .npy array ({e})") from e
+    with open_index(directory) as index:
+        hits = find_similar(index, key=key, vector=vector, image=image_file, k=k, where=where)
+    echo_hits(hits)
+
+
+@click.command()
+@click.argument("word")
+@k_option
+def words(word: str, k: int):
+    """Nearest GloVe words to WORD (builds a cached word index on first use).
+
+    \b
+    Example:
+        latent words toilet -k 5
+    """
+    progress = progress_bars()
+    try:
+        hits = neighbours(word, k=k, progress=progress)
+    finally:
+        progress.close()
+    echo_hits(hits, word=word)
+
+
+COMMANDS = [search, similar, words]
