@@ -35,8 +35,10 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
+# the unit layer (marker `unit`: tests/unit, no model loads), in well under 2 minutes; collecting only
+# its folder spares importing the other layers
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not slow'
+	$(BIN)/python -m pytest -q tests/unit
 
 # The performance benchmarks (README "Performance"): long (about an hour on 2 cores) and they
 # install the peers they compare against (hnswlib, chromadb) into .venv.
