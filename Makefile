@@ -1,8 +1,10 @@
-# Quick start: `make demo`, `make test`. Both set up .venv on first use and are idempotent.
+# Quick start: `make demo`, `make test`. Both set up .venv on first use and are idempotent;
+# each installs the extras it uses (demo: .[demo]; test: .[test], which takes in serve, viz,
+# demo and generative).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.installed-test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -11,16 +13,19 @@ export TRANSFORMERS_OFFLINE := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# .venv/.installed-EXTRA: latent installed (editable) with that extra of pyproject.toml.
 # torch>=2.14 (pyproject) makes pip take the registry's torch+torchvision pair, not the
 # local CPU-only torch 2.13 wheel that has no matching torchvision.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[$*]'
+	touch $@
+
+.PRECIOUS: $(VENV)/.installed-%
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(VENV)/.installed-demo
 	$(BIN)/latent demo
 
 # The browser tests of `latent serve` drive Debian's chromium through Playwright (nothing is
@@ -35,13 +40,14 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
+# the unit layer (marker `unit`: tests/unit, no model loads), in well under 2 minutes; collecting only
+# its folder spares importing the other layers
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not slow'
+	$(BIN)/python -m pytest -q tests/unit
 
 # The performance benchmarks (README "Performance"): long (about an hour on 2 cores) and they
 # install the peers they compare against (hnswlib, chromadb) into .venv.
-bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[test,bench]'
+bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_ann.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_latency.py

@@ -1,6 +1,6 @@
 """Kill `latent add` many times (default 200) and verify the index after each kill.
 
-The harness (tests/kill_harness.py, also used by the 25-run test in the suite) starts
+The harness (tests/system/kill_harness.py, also used by the 25-run test in the suite) starts
 the real `latent add -v` on a fresh slice of GloVe words and SIGKILLs it after a random
 delay or at a named failpoint (after a SQLite commit; after the temporary vectors file
 is written; after its fsync, before the rename; after the rename). After every kill:
@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "system"))
 RESULTS = Path(__file__).parent / "results" / "kill.jsonl"
 
 

@@ -1,9 +1,13 @@
-"""Shared fixtures. Real bundled models, loaded once per session; no network."""
+"""Shared fixtures for the three layers, marked by folder: tests/unit (the `fake` encoder below,
+no model loads), tests/integration (the real bundled models, loaded once per session) and
+tests/system (the CLI as a process, kills, faults, the server and the browser). No network."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import sqlite3
 import struct
@@ -17,10 +21,46 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LATENT_LOCK_TIMEOUT", "5")
 
+import numpy as np
 import pytest
 
 from latent.indexer import Index, Record
 from latent.indexer.builtin import SENTENCES
+from latent.indexer.encoders import Encoder, register
+
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its layer, the folder it lives in (`pytest -m unit` runs tests/unit)."""
+    for item in items:
+        layer = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        if layer not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit, tests/integration or tests/system")
+        item.add_marker(getattr(pytest.mark, layer))
+
+
+class FakeEncoder(Encoder):
+    """A deterministic hashed bag of words for unit tests: each lowercased word adds a fixed
+    pseudo-random vector seeded by its hash, so texts sharing words are near and the same text
+    always gives the same vector. Encodes texts and words; loads nothing."""
+
+    name = "fake"
+    version = "1"
+    dim = 32
+    modalities = ("text", "word")
+
+    def _embed(self, items):
+        out = np.zeros((len(items), self.dim), dtype=np.float64)
+        for row, text in enumerate(items):
+            for word in re.findall(r"\w+", text.lower()) or [text]:
+                seed = int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
+                out[row] += np.random.default_rng(seed).standard_normal(self.dim)
+        return out
+
+
+register("fake", FakeEncoder, "tests only: a deterministic hashed bag of words, 32-d, no model")
 
 
 @pytest.fixture(scope="session", autouse=True)

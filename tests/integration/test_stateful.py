@@ -41,7 +41,7 @@ import latent.indexer.vector_index as vx
 from latent.indexer import Index, LatentError, get_encoder
 from latent.search.query import MAX_K, search, search_vectors, similar
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIM = 50
 TOL = 1e-4  # float32 FAISS / SQLite scores against float64 brute force
 RECALL = 0.95

@@ -1,6 +1,6 @@
 """Kill `latent add` at random moments and at the named dangerous points, then verify.
 
-Shared by tests/test_kill.py (25 runs in CI) and benchmarks/bench_kill.py (200 runs).
+Shared by tests/system/test_kill.py (25 runs in CI) and benchmarks/bench_kill.py (200 runs).
 Every run starts the real `latent add -v` command on a fresh slice of GloVe words,
 SIGKILLs it (after a random delay, or through a failpoint: after a SQLite commit, after
 the temporary vectors file is written, after its fsync = before the rename, after the
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 POINTS = ("commit", "vectors-written", "vectors-synced", "vectors-renamed")
 COMMITTED = re.compile(r"committed generation (\d+): (\d+) items")
 

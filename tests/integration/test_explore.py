@@ -14,7 +14,7 @@ from latent.indexer.encoders import normalize
 from latent.search.explore import (ExpressionError, analogy, analogy_scores, interpolate, parse_expression,
                             search_expression, slerp)
 
-DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "data"
 
 
 @pytest.fixture(scope="module")

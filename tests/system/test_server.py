@@ -31,7 +31,7 @@ from conftest import png_bomb, running, word_records
 skdata = pytest.importorskip("skimage.data")
 schemathesis = pytest.importorskip("schemathesis")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken-for-the-tests-0123456789"
 UPLOAD_LIMIT = 256 * 1024
 PHOTOS = {"chelsea": "chelsea.jpg", "coffee": "coffee.jpg", "rocket": "rocket.jpg", "astronaut": "astronaut.jpg"}

@@ -33,7 +33,7 @@ from latent.search import similar
 
 from conftest import word_records
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUERIES = ("king", "france", "computer", "river", "music", "seven")  # all among the indexed words
 TRIALS = 300
 

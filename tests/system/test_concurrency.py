@@ -41,7 +41,7 @@ import latent.indexer.vector_index as vx
 from latent.indexer import Index
 from latent.search import search
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LATENT = Path(sys.executable).parent / "latent"
 QUERIES = ("king", "france", "computer", "river", "music")
 

@@ -28,8 +28,8 @@ from latent.indexer.images import read_images  # noqa: E402
 
 from conftest import running, word_records  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 DOCS_IMG = ROOT / "docs" / "img"
 TOKEN = "t0k3n-for-the-browser-tests"
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "camera", "coins", "clock", "hubble_deep_field",

@@ -7,7 +7,7 @@ test_clip.py: refused, and the payload never runs.)"""
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [p for folder in ("indexer", "search", "generative", "benchmarks", "tests") for p in (ROOT / folder).rglob("*.py")
            if p.name != "test_safety.py"] + [ROOT / "cli.py"]
 UNSAFE = ("pickle.load(", "pickle.loads(", "pickle.Unpickler", "cPickle", "marshal.load", "shelve.open",

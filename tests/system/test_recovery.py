@@ -33,7 +33,7 @@ from latent.search import search
 from conftest import sql, store_generation, word_records
 
 QUERIES = ("king", "france", "computer", "river", "music")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers ----------------------------------------------------------------------------------------
