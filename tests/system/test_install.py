@@ -6,6 +6,7 @@ of latent-search maps `latent` to its checkout and nothing else."""
 from __future__ import annotations
 
 import json
+import sysconfig
 import os
 import shutil
 import subprocess
@@ -81,10 +82,12 @@ def test_the_installed_wheel_imports_from_outside_the_repository(wheel, tmp_path
 
 
 def test_an_editable_install_maps_latent_to_its_checkout(tmp_path):
-    try:
-        dist = metadata.distribution(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
+    # the installed metadata in site-packages, not the latent_search.egg-info that the editable
+    # build leaves in the checkout (the current directory, first on sys.path here)
+    found = list(metadata.distributions(name=DISTRIBUTION, path=[sysconfig.get_paths()["purelib"]]))
+    if not found:
         pytest.skip(f"{DISTRIBUTION} is not installed in this environment")
+    dist = found[0]
     direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
     if not direct_url.get("dir_info", {}).get("editable"):
         pytest.skip(f"{DISTRIBUTION} is installed, but not editable")
