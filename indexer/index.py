@@ -318,14 +318,14 @@ class Index:
                 rng = np.random.default_rng(generation)
                 held = np.sort(rng.choice(ids, size=tuning.holdout_size(n), replace=False))
                 held_vectors = self.store.vectors(held, self.dim)
-                exact = tuning.ExactNeighbours(held_vectors, tuning.K)
+                exact = vx.ExactTopK(held_vectors, tuning.K)
 
             def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 for ids, vectors in self.store.iter_vectors(self.dim):
                     if len(held):
                         keep = ~np.isin(ids, held)
                         ids, vectors = ids[keep], vectors[keep]
-                        exact.add(ids, vectors)
+                        exact.add(vectors, ids)
                     yield ids, vectors
 
             def sample(count: int) -> np.ndarray:  # training vectors, for index types that train
@@ -358,31 +358,24 @@ class Index:
         """Exact scores of approximate candidates (rows of item ids, -1 for none) from the stored
         vectors: the best k of each row, best first, padded with -1."""
         ids = np.asarray(ids, dtype=np.int64)
-        out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        out_i = np.full((len(queries), k), -1, dtype=np.int64)
         valid = np.unique(ids[ids >= 0])
         if len(valid) == 0:
-            return out_s, out_i
+            return vx.exact_topk(queries, np.zeros((0, self.dim), np.float32), k)
         vectors = self.store.vectors(valid, self.dim)
+        ordered = np.sort(ids, axis=1)
+        repeated = np.flatnonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1))
+        if len(repeated):  # an id twice in a row (never from FAISS itself): keep the first
+            ids = ids.copy()
+            for r in repeated:
+                _, first = np.unique(ids[r], return_index=True)
+                ids[r, np.setdiff1d(np.arange(ids.shape[1]), first)] = -1
         rows = max(1, (1 << 24) // max(ids.shape[1] * self.dim, 1))  # about 64 MiB of gathered vectors at once
+        parts = []
         for start in range(0, len(queries), rows):
             block = ids[start:start + rows]
             gathered = vectors[np.searchsorted(valid, np.where(block >= 0, block, valid[0]))]
-            scores = np.einsum("rcd,rd->rc", gathered, queries[start:start + rows])
-            scores[block < 0] = -np.inf
-            ordered = np.sort(block, axis=1)
-            for r in np.flatnonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1)):
-                seen: set[int] = set()  # an id twice in a row (never from FAISS itself): keep one
-                for j, item in enumerate(block[r].tolist()):
-                    if item in seen:
-                        scores[r, j] = -np.inf
-                    seen.add(item)
-            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            width = top.shape[1]
-            out_s[start:start + rows, :width] = np.take_along_axis(scores, top, axis=1)
-            out_i[start:start + rows, :width] = np.take_along_axis(block, top, axis=1)
-        out_i[~np.isfinite(out_s)] = -1
-        return out_s, out_i
+            parts.append(vx.exact_topk(queries[start:start + rows], gathered, k, ids=block))
+        return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
 
     def tune(self, target_recall: float | None = None, *, progress: Progress = _no_progress) -> dict:
         """Tune the search parameters to `target_recall` (default: the index's stored target) on
