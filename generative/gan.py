@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latent.indexer.errors import EncoderMismatch, InputError, LatentError
+from latent.indexer.index import Index
 from .common import (THREADS, Clock, TrainedModel, OnEpoch, batches, generator, no_epoch, positive, seeded, torch_threads,
                      training_images)
 from .data import DIGITS, Dataset, check_size, label_images, load_digits, reference_index
@@ -251,8 +252,6 @@ MIN_PER_CLASS = 5
 def reference(gan: GANModel, index_dir: str | Path | None = None):
     """(index, encoder) that labels a GAN's samples: the image index in `index_dir`, or, for a GAN
     trained on the digits, a temporary flat index of the digits as pixel vectors at the GAN's size."""
-    from latent.indexer.index import Index
-
     if index_dir is not None:
         with Index.open(index_dir) as index:
             if "image" not in index.encoder.modalities:

@@ -15,14 +15,15 @@ import numpy as np
 
 from . import tuning
 from . import vector_index as vx
-from .encoders import Encoder, canonical_name, get_encoder
+from .encoders import Encoder, canonical_name, get_encoder, normalize
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
 from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary,
                      StorageError)
 from .filters import parse_where
 from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock, env_seconds
-from .readers import Item, Record, Skip, as_items, content_hash, records_from_texts
+from .readers import as_items, records_from_texts
+from .records import Item, Record, Skip, content_hash
 from .store import DB_NAME, Store
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, advanced by, total or None)
@@ -670,8 +671,6 @@ class Index:
     def add_vectors(self, keys: Sequence[str], vectors: np.ndarray, *, metadata: Sequence[dict] | None = None,
                     texts: Sequence[str | None] | None = None) -> IngestReport:
         """Add precomputed vectors (normalised here) under keys; an existing key is replaced."""
-        from .encoders import normalize
-
         keys = list(keys)
         vectors = normalize(self.check_vectors(vectors))
         if len(keys) != len(vectors):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import io
 import json
 import math
@@ -20,11 +19,12 @@ import os
 import re
 import stat
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator
 
 from .errors import InputError
+from .images import IMAGE_EXTENSIONS, looks_like_image, read_images
+from .records import Item, Record, Skip
 
 FORMATS = ("lines", "words", "csv", "jsonl", "images")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "lines"}
@@ -38,38 +38,8 @@ LINE_TOO_LONG = (f"line longer than {MAX_LINE_BYTES >> 20} MiB" if MAX_LINE_BYTE
 _SNIFF_BYTES = 8192  # how much of a text input's start is checked for binary content
 
 
-@dataclass
-class Record:
-    """One item to index. `key` None means: derive it from the content hash."""
-
-    text: str
-    key: str | None = None
-    metadata: dict = field(default_factory=dict)
-    kind: str = "text"
-    source: str = ""
-    line: int | None = None
-
-
-@dataclass
-class Skip:
-    """An input that was not indexed, and why."""
-
-    source: str
-    line: int | None
-    reason: str
-
-
-Item = Union[Record, Skip]
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def detect_format(path: str) -> str:
     """By extension: .csv, .jsonl/.ndjson, images; folders hold images; anything else is lines."""
-    from .images import IMAGE_EXTENSIONS
-
     p = Path(path)
     if p.is_dir() or p.suffix.lower() in IMAGE_EXTENSIONS:
         return "images"
@@ -112,8 +82,6 @@ def check_inputs(paths: Iterable[str], fmt: str | None = None) -> list[str]:
 def read_inputs(paths: Iterable[str], *, fmt: str | None = None, text_field: str = "text",
                 key_field: str | None = None) -> Iterator[Item]:
     """Records and Skips from every input, in order. `fmt` None: by extension (see detect_format)."""
-    from .images import read_images
-
     for p in check_inputs(paths, fmt):
         f = fmt or ("lines" if p == "-" else detect_format(p))
         if f == "images":
@@ -127,8 +95,6 @@ def read_inputs(paths: Iterable[str], *, fmt: str | None = None, text_field: str
 
 def _binary(head: bytes) -> str | None:
     """Why a text input whose first bytes are `head` is not text, or None."""
-    from .images import looks_like_image
-
     if looks_like_image(head):
         return "binary file, not text: an image (read images with --format images)"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):

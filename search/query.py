@@ -14,6 +14,7 @@ import numpy as np
 
 from latent.indexer.encoders import normalize
 from latent.indexer.errors import InputError, LatentError
+from latent.indexer.images import load_image
 from latent.indexer.index import Index
 from latent.indexer.vector_index import exact_topk
 
@@ -71,8 +72,6 @@ def similar(index: Index, *, key: str | None = None, vector: np.ndarray | None =
 
 def encode_image(index: Index, path: str | Path) -> np.ndarray:
     """The query vector of an image file, by the index's own encoder."""
-    from latent.indexer.images import load_image
-
     picture = load_image(path)
     return index.encoder.encode_images([picture])[0][0]
 

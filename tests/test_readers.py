@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from latent.indexer import Index, InputError, Record, Skip, read_inputs
-from latent.indexer.readers import content_hash, detect_format
+from latent.indexer.readers import detect_format
+from latent.indexer.records import content_hash
 from latent.search import search
 
 BOM = b"\xef\xbb\xbf"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EncoderMismatch, EncoderUnavailable, InputError
+from ..images import to_rgb
 from .base import Encoder
 
 # Vectors are the 1280-d pooled features before the classifier; `forward` also returns the
@@ -261,8 +262,6 @@ class EfficientNetEncoder(Encoder):
         if image.width < 1 or image.height < 1:
             raise InputError(f"cannot encode an empty image ({image.width}x{image.height} pixels)")
         if image.mode != "RGB":
-            from ..images import to_rgb
-
             image = to_rgb(image)
         # Shorter side to IMAGE_SIZE / crop_pct, then the centre IMAGE_SIZE square: done as one
         # resize of the matching centre box of the original, which never builds a huge
