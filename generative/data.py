@@ -216,7 +216,7 @@ def reference_index(directory: str | Path, data: Dataset, encoder: Encoder | Non
     """A new flat index in `directory` of a labelled Dataset (pixel vectors unless `encoder` is given)."""
     if data.labels is None:
         raise InputError(f"{data.source} has no labels; nearest-neighbour labels need a labelled index "
-                         "(pass --index DIR of an index whose items carry a label)")
+                         "(give an index whose items carry a label)")
     encoder = encoder or PixelEncoder(data.size)
     index = Index.create(directory, encoder=encoder, index_type="flat")
     add_dataset(index, encoder, data)
@@ -242,5 +242,5 @@ def label_images(index, images: np.ndarray, *, encoder: Encoder | None = None, k
             labels.append(votes.most_common(1)[0][0] if votes else None)
     if images.size and all(label is None for label in labels):
         raise LatentError(f"no item of {index.directory} near these images has metadata {field!r}; "
-                          f"give --label-field, or an index whose items carry it")
+                          f"give another field, or an index whose items carry it")
     return labels

@@ -42,7 +42,7 @@ class LockTimeout(LatentError):
 
 
 class FilterError(LatentError):
-    """A --where expression cannot be parsed."""
+    """A filter (`where`) expression cannot be parsed."""
 
 
 class InputError(LatentError):

@@ -170,7 +170,7 @@ class Index:
         if name != self.encoder_name:
             raise EncoderMismatch(
                 f"{self.directory} was built with encoder {self.encoder_name!r} ({self.dim}-d), not {name!r}; "
-                f"use --encoder {self.encoder_name} or another index"
+                f"use the encoder {self.encoder_name!r} or another index"
             )
         if not isinstance(encoder, str) and encoder.dim != self.dim:
             raise EncoderMismatch(
@@ -386,7 +386,7 @@ class Index:
             self.manifest = self.store.manifest()
             target = target_recall if target_recall is not None else self.manifest.get("target_recall")
             if target is None:
-                raise InputError(f"{self.directory} has no recall target; give one, such as --target-recall 0.95")
+                raise InputError(f"{self.directory} has no recall target; give a target recall, such as 0.95")
             target = tuning.check_target(target)
             if target != self.manifest.get("target_recall"):
                 self.store.set_manifest(target_recall=target)
@@ -470,7 +470,7 @@ class Index:
         enc = self.encoder
         batch_size = int(batch_size or enc.default_batch_size)
         if batch_size < 1:
-            raise InputError("--batch-size must be at least 1")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         if "image" in enc.modalities:
             items = prefetch(items, enc.preprocess, ahead=2 * batch_size)
         report = IngestReport()

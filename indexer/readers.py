@@ -70,7 +70,7 @@ def check_inputs(paths: Iterable[str], fmt: str | None = None) -> list[str]:
             raise InputError(f"cannot read input {p}: {e.strerror or e}") from None
         if stat.S_ISDIR(st.st_mode):
             if fmt not in (None, "images"):
-                raise InputError(f"input {p} is a folder; folders are read as --format images")
+                raise InputError(f"input {p} is a folder; folders are read as format 'images'")
         elif stat.S_ISREG(st.st_mode):  # a pipe is not opened here: that would take its data or block
             try:
                 os.close(os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
@@ -96,7 +96,7 @@ def read_inputs(paths: Iterable[str], *, fmt: str | None = None, text_field: str
 def _binary(head: bytes) -> str | None:
     """Why a text input whose first bytes are `head` is not text, or None."""
     if looks_like_image(head):
-        return "binary file, not text: an image (read images with --format images)"
+        return "binary file, not text: an image (read images as format 'images')"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "UTF-16 text; only UTF-8 is read"
     if b"\x00" in head:
@@ -178,7 +178,7 @@ def _read_words(path: str) -> Iterator[Item]:
 def _record_from_fields(row: dict, path: str, number: int, text_field: str, key_field: str | None) -> Item:
     text = row.get(text_field)
     if text is None:
-        return Skip(path, number, f"no field {text_field!r} (use --text-field to choose the text column)")
+        return Skip(path, number, f"no field {text_field!r} (text_field chooses the text column)")
     if not isinstance(text, str):
         return Skip(path, number, f"field {text_field!r} is {type(text).__name__}, not text")
     if not text.strip():

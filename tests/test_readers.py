@@ -270,7 +270,7 @@ def test_missing_input_raises_before_anything_is_written(index, tmp_path, order)
 
 def test_folder_with_a_text_format_or_unknown_format_is_an_input_error(tmp_path):
     good = write(tmp_path / "good.txt", "cat\n")
-    with pytest.raises(InputError, match="is a folder; folders are read as --format images"):
+    with pytest.raises(InputError, match="is a folder; folders are read as format 'images'"):
         list(read_inputs([good, str(tmp_path)], fmt="lines"))
     assert detect_format(str(tmp_path)) == "images"
     with pytest.raises(InputError, match="unknown format 'xml'"):

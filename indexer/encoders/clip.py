@@ -39,7 +39,7 @@ from ..errors import EncoderUnavailable
 from .base import Encoder
 from .sentence import _hub_reachable
 
-OFFLINE_HINT = "Offline, use the bundled encoder: --encoder conse"
+OFFLINE_HINT = "Offline, use the bundled encoder conse"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 _LOAD_LOCK = threading.RLock()  # one load at a time; also guards the hub's offline switch
