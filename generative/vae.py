@@ -241,9 +241,6 @@ class VAEEncoder(Encoder):
     def _embed_images(self, batch: np.ndarray) -> tuple[np.ndarray, None]:
         return self.model.encode(batch)[0], None
 
-    def describe(self) -> dict:
-        return {**super().describe(), "model": self.path, "image_size": self.size}
-
 
 _CACHE: dict[tuple, VAEEncoder] = {}
 _CACHE_LOCK = threading.Lock()

@@ -198,7 +198,6 @@ class EfficientNetEncoder(Encoder):
     dim = 1280
     modalities = ("image",)
     default_batch_size = 32
-    image_size = IMAGE_SIZE
 
     def __init__(self):
         try:
