@@ -17,7 +17,8 @@ from .indexer.errors import (DISTRIBUTION, EncoderMismatch, EncoderUnavailable, 
                              IndexNotFound, InputError, LatentError, LockTimeout, MissingExtra, OutOfVocabulary,
                              StorageError)
 from .indexer.index import IngestReport
-from .indexer.readers import Record, Skip, read_inputs
+from .indexer.readers import read_inputs
+from .indexer.records import Record, Skip
 from .search.collection import Collection, analogy, create, interpolate, open
 from .search.explore import Step
 from .search.query import Hit

@@ -48,7 +48,7 @@ def main() -> None:
     print(f"{len(QUERIES)} queries, {len(names)} photos; default T={conse.TOP_T}, prompt={conse.PROMPT!r}")
     for top_t in (1, 3, 5, 10, 20):
         for prompt in ("{}", "a photo of a {}", "a photo of a {}.", "an image of {}"):
-            enc = conse.ConseEncoder(top_t=top_t, prompt=prompt)
+            enc = conse.ConseEncoder(get_encoder("minilm"), cnn, top_t=top_t, prompt=prompt)
             images = enc.combine(logits)
             images /= np.linalg.norm(images, axis=1, keepdims=True)
             sims = enc.encode(list(QUERIES)) @ images.T

@@ -13,25 +13,21 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from latent.indexer.encoders.base import Encoder
 from latent.indexer.errors import InputError, LatentError
-from latent.indexer.readers import Skip
+from latent.indexer.images import ImageRefused, decode_image, load_image, read_images
+from latent.indexer.index import Index, Progress, _no_progress
+from latent.indexer.records import Skip
+from latent.search.query import search_vectors
 
 DIGITS = "digits"
 DIGITS_SIZE = 16  # default model size for the digits: the 8x8 images upsampled twice
 FOLDER_SIZE = 28  # default model size for folders of images
 MIN_SIZE, MAX_SIZE = 8, 64
-
-Progress = Callable[[str, int, "int | None"], None]
-
-
-def _no_progress(stage: str, n: int, total: int | None) -> None:
-    pass
-
 
 def check_size(size: int) -> int:
     """Model sizes are multiples of 4 (two stride-2 layers) from 8 to 64."""
@@ -96,8 +92,6 @@ def load_digits(size: int = DIGITS_SIZE) -> Dataset:
 def load_folder(paths: Sequence[str | Path], size: int = FOLDER_SIZE, *,
                 progress: Progress = _no_progress) -> Dataset:
     """The images of folders (recursively) or files, grey and resized; bad files become Skips."""
-    from latent.indexer.images import ImageRefused, decode_image, read_images
-
     check_size(size)
     arrays, keys, skipped = [], [], []
     progress("read", 0, None)
@@ -135,8 +129,6 @@ def load_dataset(spec: str | Path, size: int | None = None, *, progress: Progres
 
 def load_reference(ref: str | Path, size: int) -> tuple[np.ndarray, str]:
     """(model input (1, size, size), description) of `digits:<n>` or an image file."""
-    from latent.indexer.images import load_image
-
     text = str(ref)
     if text.startswith(DIGITS + ":") and not Path(text).exists():
         number = text[len(DIGITS) + 1:]
@@ -222,11 +214,9 @@ def add_dataset(index, encoder: Encoder, data: Dataset, *, progress: Progress = 
 
 def reference_index(directory: str | Path, data: Dataset, encoder: Encoder | None = None):
     """A new flat index in `directory` of a labelled Dataset (pixel vectors unless `encoder` is given)."""
-    from latent.indexer.index import Index
-
     if data.labels is None:
         raise InputError(f"{data.source} has no labels; nearest-neighbour labels need a labelled index "
-                         "(pass --index DIR of an index whose items carry a label)")
+                         "(give an index whose items carry a label)")
     encoder = encoder or PixelEncoder(data.size)
     index = Index.create(directory, encoder=encoder, index_type="flat")
     add_dataset(index, encoder, data)
@@ -240,8 +230,6 @@ def label_images(index, images: np.ndarray, *, encoder: Encoder | None = None, k
     Images are (n, s, s) arrays in [0, 1]; they are encoded like any query image, by
     `encoder` (default: the index's own) from RGB PIL images. Ties go to the label met
     first, i.e. the nearer one; None when no neighbour carries the field."""
-    from latent.search.query import search_vectors
-
     encoder = encoder or index.encoder
     images = as_images(images)
     labels: list[str | None] = []
@@ -254,5 +242,5 @@ def label_images(index, images: np.ndarray, *, encoder: Encoder | None = None, k
             labels.append(votes.most_common(1)[0][0] if votes else None)
     if images.size and all(label is None for label in labels):
         raise LatentError(f"no item of {index.directory} near these images has metadata {field!r}; "
-                          f"give --label-field, or an index whose items carry it")
+                          f"give another field, or an index whose items carry it")
     return labels

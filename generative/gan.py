@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latent.indexer.errors import EncoderMismatch, InputError, LatentError
+from latent.indexer.index import Index
 from .common import (THREADS, Clock, TrainedModel, OnEpoch, batches, generator, no_epoch, positive, seeded, torch_threads,
                      training_images)
 from .data import DIGITS, Dataset, check_size, label_images, load_digits, reference_index
@@ -251,8 +252,6 @@ MIN_PER_CLASS = 5
 def reference(gan: GANModel, index_dir: str | Path | None = None):
     """(index, encoder) that labels a GAN's samples: the image index in `index_dir`, or, for a GAN
     trained on the digits, a temporary flat index of the digits as pixel vectors at the GAN's size."""
-    from latent.indexer.index import Index
-
     if index_dir is not None:
         with Index.open(index_dir) as index:
             if "image" not in index.encoder.modalities:
@@ -261,7 +260,7 @@ def reference(gan: GANModel, index_dir: str | Path | None = None):
             yield index, index.encoder
         return
     if gan.config.get("data") != DIGITS:
-        raise InputError(f"this GAN was trained on {gan.config.get('data')}, which has no labels; pass --index DIR, "
+        raise InputError(f"this GAN was trained on {gan.config.get('data')}, which has no labels; give "
                          "an image index whose items carry labels")
     with tempfile.TemporaryDirectory(prefix="latent-digits-") as tmp:
         index = reference_index(Path(tmp) / "index", load_digits(gan.size))
@@ -277,17 +276,17 @@ def find_direction(gan: GANModel, index, source, target, *, samples: int = 2000,
     labelled by the majority label of its k nearest neighbours in `index` (see `label_images`)."""
     source, target = str(source), str(target)
     if source == target:
-        raise InputError(f"--from and --to are both {source!r}; give two different labels")
+        raise InputError(f"source and target are both {source!r}; give two different labels")
     z = gan.sample_z(samples, seed=seed)
     labels = np.array(label_images(index, gan.generate(z), encoder=encoder, k=k, field=field), dtype=object)
     counts = {str(lab): int(c) for lab, c in zip(*np.unique(labels.astype(str), return_counts=True))}
-    for name, label in (("--from", source), ("--to", target)):
+    for name, label in (("source", source), ("target", target)):
         found = int((labels == label).sum())
         if found < MIN_PER_CLASS:
             seen = ", ".join(f"{lab}: {c}" for lab, c in sorted(counts.items(), key=lambda kv: -kv[1])[:10])
             raise LatentError(
                 f"only {found} of {samples} generated samples look like {field} {label!r} ({name}; need "
-                f"{MIN_PER_CLASS}); labels seen: {seen}. Generate more samples (--samples), train the GAN "
+                f"{MIN_PER_CLASS}); labels seen: {seen}. Generate more samples, train the GAN "
                 "longer, or choose labels it generates")
     vector = z[labels == target].mean(0) - z[labels == source].mean(0)
     return Direction(vector=vector.astype(np.float32), source=source, target=target, counts=counts,

@@ -30,6 +30,9 @@ from torch import nn
 
 from latent.indexer.encoders.base import Encoder
 from latent.indexer.errors import EncoderMismatch, EncoderUnavailable, InputError
+from latent.indexer.index import Index
+from latent.indexer.readers import read_inputs
+from latent.indexer.store import DB_NAME
 from .common import (THREADS, Clock, TrainedModel, OnEpoch, batches, generator, no_epoch, positive, seeded, torch_threads,
                      training_images)
 from .data import DIGITS, Dataset, as_images, check_size, to_model_input
@@ -238,9 +241,6 @@ class VAEEncoder(Encoder):
     def _embed_images(self, batch: np.ndarray) -> tuple[np.ndarray, None]:
         return self.model.encode(batch)[0], None
 
-    def describe(self) -> dict:
-        return {**super().describe(), "model": self.path, "image_size": self.size}
-
 
 _CACHE: dict[tuple, VAEEncoder] = {}
 _CACHE_LOCK = threading.Lock()
@@ -272,9 +272,6 @@ def open_index(directory: str | Path, encoder: VAEEncoder, *, index_type: str = 
     """The index in `directory` built with this VAE encoder, created when there is none yet.
 
     EncoderMismatch when the directory holds an index of another encoder."""
-    from latent.indexer.index import Index
-    from latent.indexer.store import DB_NAME
-
     directory = Path(directory)
     if not (directory / DB_NAME).exists():
         return Index.create(directory, encoder=encoder, index_type=index_type)
@@ -290,8 +287,6 @@ def open_index(directory: str | Path, encoder: VAEEncoder, *, index_type: str = 
 
 def add_images(index, inputs: Sequence[str | Path], *, batch_size: int | None = None, progress=None):
     """Add image files / folders to an index of a VAE encoder through the normal image ingestion."""
-    from latent.indexer.readers import read_inputs
-
     kwargs = {"progress": progress} if progress is not None else {}
     return index.add(read_inputs([str(p) for p in inputs], fmt="images"), batch_size=batch_size, **kwargs)
 

@@ -4,7 +4,8 @@ from .encoders import Encoder, get_encoder, list_encoders
 from .errors import (EncoderMismatch, EncoderUnavailable, FilterError, IndexCorrupt, IndexExists, IndexNotFound,
                      InputError, LatentError, LockTimeout, OutOfVocabulary)
 from .index import Index, IngestReport
-from .readers import Record, Skip, read_inputs, records_from_texts
+from .readers import read_inputs, records_from_texts
+from .records import Record, Skip
 
 __all__ = [
     "Index", "IngestReport", "Record", "Skip", "read_inputs", "records_from_texts",

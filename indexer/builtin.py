@@ -6,13 +6,19 @@ interrupted build resumes where it stopped."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
+
+from .encoders.glove import load_glove
 from .errors import IndexExists, IndexNotFound
+from .images import read_images
 from .index import Index, Progress, _no_progress
 from .paths import cache_dir
-from .readers import Record, read_inputs
+from .readers import read_inputs
+from .records import Record
 
 SENTENCES = Path(__file__).parent / "data" / "sentences.jsonl"
 
@@ -38,8 +44,6 @@ def _ensure(cls: type[Index], directory: Path, encoder: str, records: Callable[[
 
 def word_index(*, progress: Progress = _no_progress, cls: type[Index] = Index) -> Index:
     """The index of all 400,000 GloVe words (keys are the words), built on first use."""
-    from .encoders.glove import load_glove
-
     def records():
         for word in load_glove()[0]:
             yield Record(text=word, key=word, kind="word", source="glove")
@@ -63,13 +67,11 @@ DEMO_FACES = 8  # from skimage.data.lfw_subset()
 
 def write_demo_photos(directory: Path) -> Path:
     """Save the bundled photos as PNG/JPEG files into `directory` (once); returns it."""
-    import shutil
-
-    directory.mkdir(parents=True, exist_ok=True)
-    import numpy as np
     import skimage.data
     from PIL import Image
     from sklearn.datasets import load_sample_images
+
+    directory.mkdir(parents=True, exist_ok=True)
 
     for name in DEMO_PHOTOS:
         target = directory / f"{name}.png"
@@ -93,8 +95,6 @@ def write_demo_photos(directory: Path) -> Path:
 
 def image_index(*, progress: Progress = _no_progress, cls: type[Index] = Index) -> Index:
     """A `conse` index (texts and images in one space) over the bundled photos."""
-    from .images import read_images
-
     return _ensure(cls, cache_dir() / "demo-images", "conse",
                    lambda: read_images([str(write_demo_photos(cache_dir() / "demo-photos"))]),
                    lambda: len(DEMO_PHOTOS) + 2 + DEMO_FACES, progress, 16)

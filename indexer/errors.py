@@ -1,6 +1,8 @@
 """Typed errors of latent. Every message says what went wrong and what to do next;
 the CLI prints it as one line and exits 1."""
 
+from importlib import import_module
+
 
 class LatentError(Exception):
     """Base class of every error latent raises on purpose."""
@@ -40,7 +42,7 @@ class LockTimeout(LatentError):
 
 
 class FilterError(LatentError):
-    """A --where expression cannot be parsed."""
+    """A filter (`where`) expression cannot be parsed."""
 
 
 class InputError(LatentError):
@@ -65,8 +67,6 @@ DISTRIBUTION = "latent-search"
 def require(module: str, extra: str, feature: str):
     """Import an optional library, or raise MissingExtra naming the extra that installs it:
     `plt = require("matplotlib.pyplot", "viz", "drawing maps")`."""
-    from importlib import import_module
-
     try:
         return import_module(module)
     except ImportError as e:

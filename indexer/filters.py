@@ -1,4 +1,4 @@
-"""Metadata filters: `--where` expressions parsed into SQL over bound parameters.
+"""Metadata filters: `where` expressions parsed into SQL over bound parameters.
 
 Grammar (case-insensitive keywords):
     expr  := term ("or" term)*          term := factor ("and" factor)*
@@ -142,7 +142,7 @@ class _Parser:
         tok = tok or self.peek()
         found = "the end" if tok.kind == "end" else repr(str(tok.value))
         return FilterError(f"bad filter {self.text!r}: expected {what} at position {tok.pos + 1}, found {found} "
-                           "(example: --where \"lang=en and year>=2000 and tag in (a,b)\")")
+                           "(example: \"lang=en and year>=2000 and tag in (a,b)\")")
 
     def is_kw(self, word: str) -> bool:
         tok = self.peek()

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 from .errors import InputError
-from .readers import Item, Record, Skip
+from .records import Item, Record, Skip
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm", ".pbm", ".pnm", ".ico"}

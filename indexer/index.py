@@ -15,14 +15,15 @@ import numpy as np
 
 from . import tuning
 from . import vector_index as vx
-from .encoders import Encoder, canonical_name, get_encoder
+from .encoders import Encoder, canonical_name, get_encoder, normalize
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
 from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary,
                      StorageError)
 from .filters import parse_where
 from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock, env_seconds
-from .readers import Item, Record, Skip, as_items, content_hash, records_from_texts
+from .readers import as_items, records_from_texts
+from .records import Item, Record, Skip, content_hash
 from .store import DB_NAME, SeenKeys, Store
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, advanced by, total or None)
@@ -212,7 +213,7 @@ class Index:
         if name != self.encoder_name:
             raise EncoderMismatch(
                 f"{self.directory} was built with encoder {self.encoder_name!r} ({self.dim}-d), not {name!r}; "
-                f"use --encoder {self.encoder_name} or another index"
+                f"use the encoder {self.encoder_name!r} or another index"
             )
         if not isinstance(encoder, str) and encoder.dim != self.dim:
             raise EncoderMismatch(
@@ -361,14 +362,14 @@ class Index:
                 rng = np.random.default_rng(generation)
                 held = np.sort(rng.choice(ids, size=tuning.holdout_size(n), replace=False))
                 held_vectors = self.store.vectors(held, self.dim)
-                exact = tuning.ExactNeighbours(held_vectors, tuning.K)
+                exact = vx.ExactTopK(held_vectors, tuning.K)
 
             def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 for ids, vectors in self.store.iter_vectors(self.dim):
                     if len(held):
                         keep = ~np.isin(ids, held)
                         ids, vectors = ids[keep], vectors[keep]
-                        exact.add(ids, vectors)
+                        exact.add(vectors, ids)
                     yield ids, vectors
 
             def sample(count: int) -> np.ndarray:  # training vectors, for index types that train
@@ -401,31 +402,24 @@ class Index:
         """Exact scores of approximate candidates (rows of item ids, -1 for none) from the stored
         vectors: the best k of each row, best first, padded with -1."""
         ids = np.asarray(ids, dtype=np.int64)
-        out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        out_i = np.full((len(queries), k), -1, dtype=np.int64)
         valid = np.unique(ids[ids >= 0])
         if len(valid) == 0:
-            return out_s, out_i
+            return vx.exact_topk(queries, np.zeros((0, self.dim), np.float32), k)
         vectors = self.store.vectors(valid, self.dim)
+        ordered = np.sort(ids, axis=1)
+        repeated = np.flatnonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1))
+        if len(repeated):  # an id twice in a row (never from FAISS itself): keep the first
+            ids = ids.copy()
+            for r in repeated:
+                _, first = np.unique(ids[r], return_index=True)
+                ids[r, np.setdiff1d(np.arange(ids.shape[1]), first)] = -1
         rows = max(1, (1 << 24) // max(ids.shape[1] * self.dim, 1))  # about 64 MiB of gathered vectors at once
+        parts = []
         for start in range(0, len(queries), rows):
             block = ids[start:start + rows]
             gathered = vectors[np.searchsorted(valid, np.where(block >= 0, block, valid[0]))]
-            scores = np.einsum("rcd,rd->rc", gathered, queries[start:start + rows])
-            scores[block < 0] = -np.inf
-            ordered = np.sort(block, axis=1)
-            for r in np.flatnonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1)):
-                seen: set[int] = set()  # an id twice in a row (never from FAISS itself): keep one
-                for j, item in enumerate(block[r].tolist()):
-                    if item in seen:
-                        scores[r, j] = -np.inf
-                    seen.add(item)
-            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            width = top.shape[1]
-            out_s[start:start + rows, :width] = np.take_along_axis(scores, top, axis=1)
-            out_i[start:start + rows, :width] = np.take_along_axis(block, top, axis=1)
-        out_i[~np.isfinite(out_s)] = -1
-        return out_s, out_i
+            parts.append(vx.exact_topk(queries[start:start + rows], gathered, k, ids=block))
+        return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
 
     def tune(self, target_recall: float | None = None, *, progress: Progress = _no_progress) -> dict:
         """Tune the search parameters to `target_recall` (default: the index's stored target) on
@@ -435,7 +429,7 @@ class Index:
             self.manifest = self.store.manifest()
             target = target_recall if target_recall is not None else self.manifest.get("target_recall")
             if target is None:
-                raise InputError(f"{self.directory} has no recall target; give one, such as --target-recall 0.95")
+                raise InputError(f"{self.directory} has no recall target; give a target recall, such as 0.95")
             target = tuning.check_target(target)
             if target != self.manifest.get("target_recall"):
                 self.store.set_manifest(target_recall=target)
@@ -519,7 +513,7 @@ class Index:
         enc = self.encoder
         batch_size = int(batch_size or enc.default_batch_size)
         if batch_size < 1:
-            raise InputError("--batch-size must be at least 1")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         if "image" in enc.modalities:
             items = prefetch(items, enc.preprocess, ahead=2 * batch_size)
         report = IngestReport()
@@ -734,8 +728,6 @@ class Index:
     def add_vectors(self, keys: Sequence[str], vectors: np.ndarray, *, metadata: Sequence[dict] | None = None,
                     texts: Sequence[str | None] | None = None) -> IngestReport:
         """Add precomputed vectors (normalised here) under keys; an existing key is replaced."""
-        from .encoders import normalize
-
         keys = list(keys)
         vectors = normalize(self.check_vectors(vectors))
         if len(keys) != len(vectors):

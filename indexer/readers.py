@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import io
 import json
 import math
@@ -20,11 +19,12 @@ import os
 import re
 import stat
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator
 
 from .errors import InputError
+from .images import IMAGE_EXTENSIONS, looks_like_image, read_images
+from .records import Item, Record, Skip
 
 FORMATS = ("lines", "words", "csv", "jsonl", "images")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "lines"}
@@ -38,38 +38,8 @@ LINE_TOO_LONG = (f"line longer than {MAX_LINE_BYTES >> 20} MiB" if MAX_LINE_BYTE
 _SNIFF_BYTES = 8192  # how much of a text input's start is checked for binary content
 
 
-@dataclass
-class Record:
-    """One item to index. `key` None means: derive it from the content hash."""
-
-    text: str
-    key: str | None = None
-    metadata: dict = field(default_factory=dict)
-    kind: str = "text"
-    source: str = ""
-    line: int | None = None
-
-
-@dataclass
-class Skip:
-    """An input that was not indexed, and why."""
-
-    source: str
-    line: int | None
-    reason: str
-
-
-Item = Union[Record, Skip]
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def detect_format(path: str) -> str:
     """By extension: .csv, .jsonl/.ndjson, images; folders hold images; anything else is lines."""
-    from .images import IMAGE_EXTENSIONS
-
     p = Path(path)
     if p.is_dir() or p.suffix.lower() in IMAGE_EXTENSIONS:
         return "images"
@@ -100,7 +70,7 @@ def check_inputs(paths: Iterable[str], fmt: str | None = None) -> list[str]:
             raise InputError(f"cannot read input {p}: {e.strerror or e}") from None
         if stat.S_ISDIR(st.st_mode):
             if fmt not in (None, "images"):
-                raise InputError(f"input {p} is a folder; folders are read as --format images")
+                raise InputError(f"input {p} is a folder; folders are read as format 'images'")
         elif stat.S_ISREG(st.st_mode):  # a pipe is not opened here: that would take its data or block
             try:
                 os.close(os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
@@ -112,8 +82,6 @@ def check_inputs(paths: Iterable[str], fmt: str | None = None) -> list[str]:
 def read_inputs(paths: Iterable[str], *, fmt: str | None = None, text_field: str = "text",
                 key_field: str | None = None) -> Iterator[Item]:
     """Records and Skips from every input, in order. `fmt` None: by extension (see detect_format)."""
-    from .images import read_images
-
     for p in check_inputs(paths, fmt):
         f = fmt or ("lines" if p == "-" else detect_format(p))
         if f == "images":
@@ -127,10 +95,8 @@ def read_inputs(paths: Iterable[str], *, fmt: str | None = None, text_field: str
 
 def _binary(head: bytes) -> str | None:
     """Why a text input whose first bytes are `head` is not text, or None."""
-    from .images import looks_like_image
-
     if looks_like_image(head):
-        return "binary file, not text: an image (read images with --format images)"
+        return "binary file, not text: an image (read images as format 'images')"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "UTF-16 text; only UTF-8 is read"
     if b"\x00" in head:
@@ -212,7 +178,7 @@ def _read_words(path: str) -> Iterator[Item]:
 def _record_from_fields(row: dict, path: str, number: int, text_field: str, key_field: str | None) -> Item:
     text = row.get(text_field)
     if text is None:
-        return Skip(path, number, f"no field {text_field!r} (use --text-field to choose the text column)")
+        return Skip(path, number, f"no field {text_field!r} (text_field chooses the text column)")
     if not isinstance(text, str):
         return Skip(path, number, f"field {text_field!r} is {type(text).__name__}, not text")
     if not text.strip():

@@ -27,7 +27,6 @@ import math
 import time
 from typing import Callable
 
-import faiss
 import numpy as np
 
 from .errors import InputError
@@ -64,28 +63,6 @@ def wants_retune(manifest: dict, n: int) -> bool:
     if done.get("target_recall") != manifest["target_recall"] or not done.get("count"):
         return True
     return n >= RETUNE_GROWTH * done["count"]
-
-
-class ExactNeighbours:
-    """The running exact top-k, among the blocks seen, of a fixed set of query vectors."""
-
-    def __init__(self, queries: np.ndarray, k: int):
-        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
-        self.k = k
-        self.scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        self.ids = np.full((len(queries), k), -1, dtype=np.int64)
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        if len(ids) == 0 or len(self.queries) == 0:
-            return
-        kk = min(self.k, len(ids))
-        scores, rows = faiss.knn(self.queries, np.ascontiguousarray(vectors, dtype=np.float32), kk,
-                                 metric=faiss.METRIC_INNER_PRODUCT)
-        both_s = np.concatenate([self.scores, scores], axis=1)
-        both_i = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)[rows]], axis=1)
-        top = np.argsort(-both_s, axis=1, kind="stable")[:, : self.k]
-        self.scores = np.take_along_axis(both_s, top, axis=1)
-        self.ids = np.take_along_axis(both_i, top, axis=1)
 
 
 def recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:

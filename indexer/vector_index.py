@@ -13,6 +13,7 @@ import os
 import re
 import struct
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -279,15 +280,8 @@ class VectorIndex:
                 params = self._plain_params[key] = self._search_params(None, k)
         else:
             params = self._search_params(selector, k, thorough)
-        one_thread = len(queries) < SMALL_BATCH and not _OMP_FROM_ENV
-        before = faiss.omp_get_max_threads() if one_thread else 1
-        if one_thread and before != 1:
-            faiss.omp_set_num_threads(1)
-        try:
+        with _threads_for(len(queries)):
             scores, ids = self.index.search(queries, k, params=params)
-        finally:
-            if one_thread and before != 1:
-                faiss.omp_set_num_threads(before)
         ids[~np.isfinite(scores)] = -1
         return scores, ids
 
@@ -412,6 +406,83 @@ def read_header(path: Path, *, with_payload: bool = False) -> tuple[dict, bytes]
     return header, payload
 
 
+def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int, *,
+               ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The exact k best of `vectors` for each query by inner product: (scores, ids), best
+    first, equal scores in the vectors' order, padded with -inf and -1 when fewer than k.
+
+    `vectors` is (n, d), shared by the queries (FAISS's knn scans them), or (queries, n, d),
+    each query's own candidates (numpy scores them); `ids` names them, (n,) or (queries, n),
+    -1 for a candidate to pass over; by default their positions.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    m, n = len(queries), vectors.shape[-2]
+    width = min(max(int(k), 0), n)
+    out_s = np.full((m, max(int(k), 0)), -np.inf, dtype=np.float32)
+    out_i = np.full(out_s.shape, -1, dtype=np.int64)
+    if width == 0 or m == 0:
+        return out_s, out_i
+    if vectors.ndim == 3:
+        scores = np.einsum("qnd,qd->qn", vectors, queries)
+        if ids is not None:
+            scores[np.asarray(ids) < 0] = -np.inf
+        positions = _best(scores, width)
+        scores = np.take_along_axis(scores, positions, axis=1)
+    else:
+        # One more than asked: FAISS keeps either of two equal scores at its cut, so a row
+        # whose k-th and (k+1)-th scores are equal may have lost an earlier vector to a later
+        # one; those rows are scored again in full.
+        deeper = min(width + 1, n)
+        with _threads_for(m):
+            scores, positions = faiss.knn(queries, vectors, deeper, metric=faiss.METRIC_INNER_PRODUCT)
+        order = np.lexsort((positions, -scores), axis=-1)
+        scores, positions = np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)
+        if deeper > width:
+            tied = np.flatnonzero(scores[:, width - 1] == scores[:, width])
+            if len(tied):
+                full = queries[tied] @ vectors.T
+                positions[tied, :width] = _best(full, width)
+                scores[tied, :width] = np.take_along_axis(full, positions[tied, :width], axis=1)
+            scores, positions = scores[:, :width], positions[:, :width]
+    if ids is None:
+        found = positions
+    else:
+        ids = np.asarray(ids, dtype=np.int64)
+        found = ids[positions] if ids.ndim == 1 else np.take_along_axis(ids, positions, axis=1)
+    out_s[:, :width] = scores
+    out_i[:, :width] = found
+    out_i[~np.isfinite(out_s)] = -1
+    return out_s, out_i
+
+
+class ExactTopK:
+    """The running exact top-k of fixed queries among vectors added block by block (the
+    store's, while an index is built): `scores` and `ids` as exact_topk gives them."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k = k
+        self.scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.ids = np.full((len(queries), k), -1, dtype=np.int64)
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Take in a block of vectors (n, d) and their ids, later than any added before."""
+        if len(ids) == 0 or len(self.queries) == 0:
+            return
+        scores, found = exact_topk(self.queries, vectors, self.k, ids=ids)
+        both_s = np.concatenate([self.scores, scores], axis=1)  # earlier blocks first: they win ties
+        both_i = np.concatenate([self.ids, found], axis=1)
+        top = _best(both_s, self.k)
+        self.scores = np.take_along_axis(both_s, top, axis=1)
+        self.ids = np.take_along_axis(both_i, top, axis=1)
+
+
+def _best(scores: np.ndarray, k: int) -> np.ndarray:
+    """The positions of the k highest scores of each row, best first, the earlier of equal scores first."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
 _HEADER_FIELDS = ("format", "generation", "factory", "dim", "ntotal", "tombstones", "bytes", "crc32")
 
 
@@ -429,6 +500,20 @@ def _checksum(fields: dict, *payload) -> int:
 # thread in OpenMP, so concurrent callers (the server's workers) do not interfere.
 SMALL_BATCH = 20
 _OMP_FROM_ENV = bool(os.environ.get("OMP_NUM_THREADS"))
+
+
+@contextmanager
+def _threads_for(queries: int):
+    """FAISS on one OpenMP thread for a small batch of queries (see SMALL_BATCH)."""
+    one_thread = queries < SMALL_BATCH and not _OMP_FROM_ENV
+    before = faiss.omp_get_max_threads() if one_thread else 1
+    if one_thread and before != 1:
+        faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        if one_thread and before != 1:
+            faiss.omp_set_num_threads(before)
 
 
 def _family(factory: str) -> str:

@@ -100,7 +100,7 @@ def interpolate(index: Index, a: str | Term, b: str | Term, *, steps: int = 10, 
     `exclude_endpoints` the two ends are left out of the path too.
     """
     if steps < 2:
-        raise LatentError(f"--steps must be at least 2 (the two ends), got {steps}")
+        raise LatentError(f"steps must be at least 2 (the two ends), got {steps}")
     if method not in ("slerp", "lerp"):
         raise LatentError(f"unknown interpolation {method!r}; use slerp or lerp")
     va, ta = resolve(index, a)
@@ -156,7 +156,7 @@ def parse_expression(text: str) -> list[tuple[float, Term]]:
         kind, value, at = tokens[i]
         found = "the end" if kind == "end" else repr(value)
         return ExpressionError(f"bad expression {text!r}: expected {what} at position {at + 1}, found {found} "
-                               "(example: --expr 'king - man + woman' or --expr '0.5*\"a red car\" + photo.jpg')")
+                               "(example: 'king - man + woman' or '0.5*\"a red car\" + photo.jpg')")
 
     def expr(sign: float) -> list[tuple[float, Term]]:
         nonlocal i
@@ -200,7 +200,7 @@ def parse_expression(text: str) -> list[tuple[float, Term]]:
         raise fail("a key, a quoted text, an image path or '('")
 
     if tokens[0][0] == "end":
-        raise ExpressionError("the expression is empty; example: --expr 'king - man + woman'")
+        raise ExpressionError("the expression is empty; example: 'king - man + woman'")
     terms = expr(1.0)
     if tokens[i][0] != "end":
         raise fail("'+', '-' or the end")

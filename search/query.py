@@ -14,7 +14,9 @@ import numpy as np
 
 from latent.indexer.encoders import normalize
 from latent.indexer.errors import InputError, LatentError
+from latent.indexer.images import load_image
 from latent.indexer.index import Index
+from latent.indexer.vector_index import exact_topk
 
 
 # Filters matching at most this many items are answered by an exact scan of their stored
@@ -70,8 +72,6 @@ def similar(index: Index, *, key: str | None = None, vector: np.ndarray | None =
 
 def encode_image(index: Index, path: str | Path) -> np.ndarray:
     """The query vector of an image file, by the index's own encoder."""
-    from latent.indexer.images import load_image
-
     picture = load_image(path)
     return index.encoder.encode_images([picture])[0][0]
 
@@ -130,21 +130,10 @@ def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | No
 
 def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k over the stored vectors of `ids`."""
-    out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    out_i = np.full((len(queries), k), -1, dtype=np.int64)
-    if len(ids) == 0:
-        return out_s, out_i
-    vectors = index.load_vectors().exact_vectors(ids)
+    vectors = index.load_vectors().exact_vectors(ids) if len(ids) else None
     if vectors is None:
         vectors = index.vectors_of(ids)
-    sims = queries @ vectors.T
-    top = min(k, len(ids))
-    part = np.argpartition(-sims, top - 1, axis=1)[:, :top]
-    for row in range(len(queries)):
-        order = part[row][np.argsort(-sims[row, part[row]], kind="stable")]
-        out_s[row, :top] = sims[row, order]
-        out_i[row, :top] = ids[order]
-    return out_s, out_i
+    return exact_topk(queries, vectors, k, ids=ids)
 
 
 def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded: set[int]) -> list[list[Hit]]:

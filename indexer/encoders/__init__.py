@@ -9,6 +9,12 @@ from typing import Callable
 from ..errors import EncoderUnavailable
 from ..plugins import call_hook
 from .base import Encoder, normalize
+from .clip import load_clip
+from .conse import ConseEncoder
+from .efficientnet import load_efficientnet
+from .glove import GloveEncoder
+from .sentence import SentenceTransformerEncoder, load_minilm
+from .vectors import parse
 
 _FACTORIES: dict[str, tuple[Callable[[], Encoder], str]] = {}
 # prefix -> (factory of the rest of the name, description, canonical form of the rest, cached, what the rest is)
@@ -32,58 +38,22 @@ def _plugins() -> None:
     call_hook("register_encoders", register)
 
 
-def _glove() -> Encoder:
-    from .glove import GloveEncoder
-
-    return GloveEncoder()
-
-
-def _minilm() -> Encoder:
-    from .sentence import load_minilm
-
-    return load_minilm()
-
-
-def _efficientnet() -> Encoder:
-    from .efficientnet import load_efficientnet
-
-    return load_efficientnet()
-
-
 def _conse() -> Encoder:
-    from .conse import ConseEncoder
-
-    return ConseEncoder()
-
-
-register("minilm", _minilm, "all-MiniLM-L6-v2 sentence embeddings, 384-d (bundled, default for text)")
-register("glove", _glove, "GloVe 6B word vectors, 50-d, 400,000 words (bundled, default for words)")
-register("efficientnet", _efficientnet,
-         "EfficientNet-Lite0 ImageNet CNN, 1280-d image features + top-5 labels (bundled, default for images)")
-register("conse", _conse, "texts and images in one 384-d space, offline: ConSE over efficientnet + minilm (bundled)")
-
-
-def _st(rest: str) -> Encoder:
-    from .sentence import SentenceTransformerEncoder
-
-    return SentenceTransformerEncoder(rest)
-
-
-def _clip(rest: str) -> Encoder:
-    from .clip import load_clip
-
-    return load_clip(rest)
+    return ConseEncoder(get_encoder("minilm"), get_encoder("efficientnet"))
 
 
 def _vectors(rest: str) -> Encoder:
-    from .vectors import parse
-
     return parse("vectors:" + rest)
 
 
-register("st:", _st, "any sentence-transformers model: a local folder, or a hub name (needs a network)",
-         argument="<name-or-path>")
-register("clip:", _clip, "open_clip, texts and images: a pretrained tag (needs a network or the hub cache) or a "
+register("minilm", load_minilm, "all-MiniLM-L6-v2 sentence embeddings, 384-d (bundled, default for text)")
+register("glove", GloveEncoder, "GloVe 6B word vectors, 50-d, 400,000 words (bundled, default for words)")
+register("efficientnet", load_efficientnet,
+         "EfficientNet-Lite0 ImageNet CNN, 1280-d image features + top-5 labels (bundled, default for images)")
+register("conse", _conse, "texts and images in one 384-d space, offline: ConSE over efficientnet + minilm (bundled)")
+register("st:", SentenceTransformerEncoder,
+         "any sentence-transformers model: a local folder, or a hub name (needs a network)", argument="<name-or-path>")
+register("clip:", load_clip, "open_clip, texts and images: a pretrained tag (needs a network or the hub cache) or a "
          "local checkpoint file", argument="<arch>/<pretrained>")
 register("vectors:", _vectors,
          "no model: vectors made elsewhere, added with Index.add_vectors and searched by vector or key",

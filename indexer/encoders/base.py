@@ -125,9 +125,6 @@ class Encoder:
             raise EncoderMismatch(f"encoder {self.name} returned shape {vectors.shape}, expected {(n, self.dim)}")
         return vectors
 
-    def describe(self) -> dict:
-        return {"name": self.name, "version": self.version, "dim": self.dim, "modalities": list(self.modalities)}
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} dim={self.dim}>"
 

@@ -39,7 +39,7 @@ from ..errors import EncoderUnavailable
 from .base import Encoder
 from .sentence import _hub_reachable
 
-OFFLINE_HINT = "Offline, use the bundled encoder: --encoder conse"
+OFFLINE_HINT = "Offline, use the bundled encoder conse"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 _LOAD_LOCK = threading.RLock()  # one load at a time; also guards the hub's offline switch
@@ -291,8 +291,6 @@ class ClipEncoder(Encoder):
         weights = self.spec.tag if self.spec.tag is not None else f"checkpoint {self.spec.checkpoint.name}"
         self.version = f"{self.spec.arch}/{weights} (open_clip {oc.__version__})"
         self.dim = self._find_dim(oc)
-        cfg = getattr(self.model.visual, "preprocess_cfg", {}) or {}
-        self.image_size = cfg.get("size")
 
     def _find_dim(self, oc) -> int:
         config = oc.get_model_config(self.spec.arch) or {}
@@ -334,10 +332,6 @@ class ClipEncoder(Encoder):
                 x = self._torch.from_numpy(batch[i:i + self.default_batch_size])
                 out.append(self.model.encode_image(x).float().numpy())
         return np.concatenate(out).astype(np.float32, copy=False), None
-
-    def describe(self) -> dict:
-        return {**super().describe(), "arch": self.spec.arch, "pretrained": self.spec.pretrained,
-                "image_size": list(self.image_size) if isinstance(self.image_size, (tuple, list)) else self.image_size}
 
 
 def load_clip(spec: str) -> ClipEncoder:

@@ -5,7 +5,9 @@ the probability-weighted mean of the `minilm` embeddings of its top-T ImageNet c
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -27,11 +29,9 @@ class ConseEncoder(Encoder):
     modalities = ("text", "image")
     default_batch_size = 32
 
-    def __init__(self, *, top_t: int = TOP_T, prompt: str = PROMPT):
-        from . import get_encoder
-
-        self.text = get_encoder("minilm")
-        self.cnn = get_encoder("efficientnet")
+    def __init__(self, text: Encoder, cnn: Encoder, *, top_t: int = TOP_T, prompt: str = PROMPT):
+        self.text = text  # minilm
+        self.cnn = cnn  # efficientnet: `labels` and `forward` give ImageNet class logits
         self.top_t, self.prompt = int(top_t), prompt
         self.dim = self.text.dim
         self.version = f"T{self.top_t}|{self.prompt}|{self.text.version}|{self.cnn.version}"
@@ -71,9 +71,6 @@ def _class_vectors(text: Encoder, labels: tuple[str, ...], prompt: str) -> np.nd
 
 @lru_cache(maxsize=4)
 def _load_or_compute(path: str, text: Encoder, labels: tuple[str, ...], prompt: str) -> np.ndarray:
-    import os
-    from pathlib import Path
-
     p = Path(path)
     if p.exists():
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EncoderMismatch, EncoderUnavailable, InputError
+from ..images import to_rgb
 from .base import Encoder
 
 # Vectors are the 1280-d pooled features before the classifier; `forward` also returns the
@@ -197,7 +198,6 @@ class EfficientNetEncoder(Encoder):
     dim = 1280
     modalities = ("image",)
     default_batch_size = 32
-    image_size = IMAGE_SIZE
 
     def __init__(self):
         try:
@@ -261,8 +261,6 @@ class EfficientNetEncoder(Encoder):
         if image.width < 1 or image.height < 1:
             raise InputError(f"cannot encode an empty image ({image.width}x{image.height} pixels)")
         if image.mode != "RGB":
-            from ..images import to_rgb
-
             image = to_rgb(image)
         # Shorter side to IMAGE_SIZE / crop_pct, then the centre IMAGE_SIZE square: done as one
         # resize of the matching centre box of the original, which never builds a huge

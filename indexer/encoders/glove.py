@@ -43,9 +43,6 @@ class GloveEncoder(Encoder):
     modalities = ("word",)
     default_batch_size = 10_000
 
-    def vocabulary(self) -> list[str]:
-        return load_glove()[0]
-
     def _embed(self, items: Sequence[str]) -> np.ndarray:
         _, rows, vectors = load_glove()
         single = [rows.get(str(item).lower(), -1) if " " not in str(item).strip() else -1 for item in items]

@@ -32,7 +32,7 @@ def _load_sentence_transformer(name_or_path: str):
         return EncoderUnavailable(
             f"cannot load sentence-transformers model {name_or_path!r} ({reason}); "
             "it must be a local model folder or be downloadable from the Hugging Face hub. "
-            "Offline, use the bundled encoder: --encoder minilm"
+            "Offline, use the bundled encoder minilm"
         )
 
     local = Path(name_or_path).expanduser().exists()

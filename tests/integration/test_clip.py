@@ -167,7 +167,7 @@ def test_uncached_tag_offline_names_conse(monkeypatch, empty_hub_cache, no_netwo
 
     offline_before = constants.HF_HUB_OFFLINE
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(EncoderUnavailable, match=r"HF_HUB_OFFLINE is set.*--encoder conse"):
+    with pytest.raises(EncoderUnavailable, match=r"HF_HUB_OFFLINE is set.*bundled encoder conse"):
         load_clip("ViT-B-32/laion2b_s34b_b79k")
     assert no_network == []
     assert constants.HF_HUB_OFFLINE == offline_before  # the offline switch is put back
@@ -179,7 +179,7 @@ def test_uncached_tag_with_unreachable_hub_fails_at_once(monkeypatch, empty_hub_
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(clip, "_hub_reachable", lambda timeout=3.0: probes.append(1) or False)
-    with pytest.raises(EncoderUnavailable, match=r"hub cannot be reached.*--encoder conse"):
+    with pytest.raises(EncoderUnavailable, match=r"hub cannot be reached.*bundled encoder conse"):
         load_clip("ViT-B-32/laion2b_s34b_b79k")
     assert probes == [1] and no_network == []
 

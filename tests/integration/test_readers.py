@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from latent.indexer import Index, InputError, Record, Skip, read_inputs
-from latent.indexer.readers import content_hash, detect_format
+from latent.indexer.readers import detect_format
+from latent.indexer.records import content_hash
 from latent.search import search
 
 BOM = b"\xef\xbb\xbf"
@@ -269,7 +270,7 @@ def test_missing_input_raises_before_anything_is_written(index, tmp_path, order)
 
 def test_folder_with_a_text_format_or_unknown_format_is_an_input_error(tmp_path):
     good = write(tmp_path / "good.txt", "cat\n")
-    with pytest.raises(InputError, match="is a folder; folders are read as --format images"):
+    with pytest.raises(InputError, match="is a folder; folders are read as format 'images'"):
         list(read_inputs([good, str(tmp_path)], fmt="lines"))
     assert detect_format(str(tmp_path)) == "images"
     with pytest.raises(InputError, match="unknown format 'xml'"):

@@ -237,7 +237,7 @@ def text_skips(corpus: Path) -> set[tuple[str, int | None, str]]:
         (str(corpus / "long-line.txt"), len(LONG_BEFORE) + 1, "line longer than 1 MiB"),
         (str(corpus / "empty.txt"), None, "empty file"),
         (str(corpus / "camera-is-a-jpeg.txt"), None,
-         "binary file, not text: an image (read images with --format images)"),
+         "binary file, not text: an image (read images as format 'images')"),
     }
 
 
@@ -379,9 +379,9 @@ def test_files_that_are_not_text_are_skipped_whole(tmp_path):
         "utf16.txt": ("a cat\nthe dog\n".encode("utf-16"), "UTF-16 text; only UTF-8 is read"),
         "nul.txt": (b"a cat\x00\x00\x01\nthe dog\n", "binary file, not text (it holds NUL bytes)"),
         "picture.jsonl": (image_bytes(skdata.coins(), "PNG"),
-                          "binary file, not text: an image (read images with --format images)"),
+                          "binary file, not text: an image (read images as format 'images')"),
         "picture.csv": (image_bytes(skdata.coins(), "JPEG"),
-                        "binary file, not text: an image (read images with --format images)"),
+                        "binary file, not text: an image (read images as format 'images')"),
     }
     for name, (data, reason) in files.items():
         (tmp_path / name).write_bytes(data)
