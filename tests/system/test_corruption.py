@@ -77,7 +77,7 @@ def damage(raw: bytes, older: list[bytes], rng: random.Random) -> tuple[str, byt
 
 TRIAL_CHILD = textwrap.dedent("""
     import json, os, random, sys
-    sys.path.insert(0, "tests/system")
+    sys.path[:0] = ["tests/system", "tests"]
     os.fsync = lambda fd: None  # durability is not what this child tests: keep 300 trials fast
     import faiss
     import test_corruption as t
