@@ -157,18 +157,18 @@ class _Parser:
         return sql
 
     def expr(self) -> str:
-        parts = [self.term()]
-        while self.is_kw("or"):
-            self.take()
-            parts.append(self.term())
-        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+        return self.chain("or", self.term)
 
     def term(self) -> str:
-        parts = [self.factor()]
-        while self.is_kw("and"):
+        return self.chain("and", self.factor)
+
+    def chain(self, keyword: str, operand) -> str:
+        """operand (keyword operand)*, as one parenthesised SQL condition."""
+        parts = [operand()]
+        while self.is_kw(keyword):
             self.take()
-            parts.append(self.factor())
-        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else "(" + f" {keyword.upper()} ".join(parts) + ")"
 
     def factor(self) -> str:
         tok = self.peek()
