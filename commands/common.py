@@ -171,6 +171,12 @@ def open_index(directory: Path):
 
 
 # -- output -----------------------------------------------------------------------------------------------------
+def note(message: str) -> None:
+    """A line on stderr saying how the command read its input (not with --quiet)."""
+    if not flags().quiet:
+        click.echo(message, err=True)
+
+
 def echo_json(doc) -> None:
     click.echo(json.dumps(doc, ensure_ascii=False, indent=2))
 

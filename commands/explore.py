@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from latent.search.explore import analogy as solve, interpolate as walk
+from latent.search.explore import Term, analogy as solve, interpolate as walk, read_term
 from latent.search.map_html import render_html
 from latent.search.map_png import render_png
 from latent.search.maps import compute_map
-from .common import (echo_hits, echo_json, flags, index_dir, k_option, label, open_index, render_table,
+from .common import (echo_hits, echo_json, flags, index_dir, k_option, label, note, open_index, render_table,
                      where_option)
 
 
@@ -40,7 +40,9 @@ def interpolate(directory: Path, a: str, b: str, steps: int, spherical: bool, ex
     """
     method = "slerp" if spherical else "lerp"
     with open_index(directory) as index:
-        path = walk(index, a, b, steps=steps, method=method, exclude_endpoints=exclude_endpoints, where=where)
+        ends = [read_term(index, a), read_term(index, b)]
+        note("; ".join(f"{name}: {_reading(term)}" for name, term in zip("AB", ends)))
+        path = walk(index, *ends, steps=steps, method=method, exclude_endpoints=exclude_endpoints, where=where)
     if flags().json:
         echo_json({"a": a, "b": b, "steps": steps, "method": method, "path": [s.as_dict() for s in path]})
         return
@@ -54,6 +56,13 @@ def interpolate(directory: Path, a: str, b: str, steps: int, spherical: bool, ex
         columns.append("label")
     click.echo(render_table(rows, columns) if rows else "(no items)")
     click.echo(" -> ".join(s.key for s in path))
+
+
+def _reading(term: Term) -> str:
+    """How an argument was read, for the note on stderr."""
+    if term.kind == "text":
+        return f"the text {term.value!r} (no item has it as its key)"
+    return f"the {'key' if term.kind == 'key' else 'image file'} {term.value!r}"
 
 
 @click.command()

@@ -10,9 +10,9 @@ import numpy as np
 
 from latent.indexer.errors import LatentError
 from latent.search import search as search_index, similar as find_similar
-from latent.search.explore import search_expression
+from latent.search.explore import query_term, search_expression
 from latent.search.words import neighbours
-from .common import echo_hits, index_dir, k_option, open_index, progress_bars, where_option
+from .common import echo_hits, index_dir, k_option, note, open_index, progress_bars, where_option
 
 
 @click.command("search")
@@ -33,11 +33,16 @@ def search(directory: Path, query: str | None, expr: str | None, include_terms: 
         latent search notes "a dog on the beach" -k 5 --where "topic=animals"
         latent search @words --expr "king - man + woman" -k 3
     """
-    if (query is None) == (expr is None):
+    if query is None and expr is None:
+        raise click.UsageError("the query is missing: give a QUERY (a text, or an image file) or --expr EXPR")
+    if query is not None and expr is not None:
         raise click.UsageError("give a QUERY or --expr, not both")
     with open_index(directory) as index:
         if expr is not None:
             hits = search_expression(index, expr, k=k, where=where, include_terms=include_terms)
+        elif (term := query_term(index, query)).kind == "image":
+            note(f"searching by the image file {term.value}")
+            hits = find_similar(index, image=term.value, k=k, where=where)
         else:
             hits = search_index(index, query, k=k, where=where)
     echo_hits(hits, **({"query": query} if query is not None else {"expr": expr}))

@@ -123,6 +123,7 @@ class _Parser:
         self.params: list = []
         self.depth = 0
         self.conditions = 0
+        self.fields: dict[str, str] = {}  # field name -> its JSON path, in order of appearance
 
     def nest(self, tok: _Tok) -> None:
         self.depth += 1
@@ -195,6 +196,7 @@ class _Parser:
                               "use 'in (...)' for many values of one field")
         field = str(self.take().value)
         path = _path(field, self.text, tok.pos)
+        self.fields.setdefault(field, path)
         negate = False
         if self.is_kw("not"):
             self.take()
@@ -287,3 +289,10 @@ def parse_where(text: str) -> tuple[str, list]:
     parser = _Parser(text)
     sql = parser.parse()
     return sql, parser.params
+
+
+def filter_fields(text: str) -> dict[str, str]:
+    """The fields a filter expression names, each with the JSON path it reads."""
+    parser = _Parser(text)
+    parser.parse()
+    return parser.fields

@@ -17,9 +17,9 @@ from . import tuning
 from . import vector_index as vx
 from .encoders import Encoder, canonical_name, get_encoder, normalize
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
-from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary,
+from .errors import (EncoderMismatch, FilterError, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary,
                      StorageError)
-from .filters import parse_where
+from .filters import filter_fields, parse_where
 from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock, env_seconds
 from .readers import as_items, records_from_texts
@@ -255,7 +255,18 @@ class Index:
         if where is None or not where.strip():
             return None
         sql, params = parse_where(where)
-        return self.store.ids_where(sql, params, generation)
+        ids = self.store.ids_where(sql, params, generation)
+        if len(ids) == 0:  # nothing matches: say so if the filter names a field that no item has
+            self._check_fields(where)
+        return ids
+
+    def _check_fields(self, where: str) -> None:
+        absent = self.store.fields_absent(filter_fields(where))
+        if absent:
+            known = self.store.metadata_fields()
+            raise FilterError(f"no item of {self.directory.name} has the field{'s' if len(absent) > 1 else ''} "
+                              f"{', '.join(map(repr, absent))}; "
+                              + (f"its items have: {', '.join(known)}" if known else "its items have no metadata"))
 
     def lookup(self, keys: Sequence[str]) -> dict[str, tuple[int, str, str]]:
         """{key: (id, kind, content hash)} of the keys that are stored."""

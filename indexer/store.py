@@ -424,6 +424,17 @@ class Store:
                     self._filter_cache[key] = ids
         return ids
 
+    def fields_absent(self, paths: dict[str, str]) -> list[str]:
+        """Those of the named JSON paths ({name: path}) that no item's metadata has."""
+        return [name for name, path in paths.items() if self.conn.execute(
+            "SELECT 1 FROM items WHERE json_type(metadata, ?) IS NOT NULL LIMIT 1", [path]).fetchone() is None]
+
+    def metadata_fields(self, limit: int = 40) -> list[str]:
+        """Top-level metadata field names that items have, most common first (at most `limit`)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT j.key FROM items, json_each(items.metadata) AS j GROUP BY j.key ORDER BY count(*) DESC, j.key "
+            "LIMIT ?", [limit]).fetchall()]
+
     def skipped(self, limit: int = 1000) -> list[dict]:
         rows = self.db.execute(
             "SELECT source, line, reason, at FROM skipped ORDER BY id DESC LIMIT ?", [limit]).fetchall()

@@ -31,21 +31,46 @@ class Term:
     value: str
 
 
-def resolve(index: Index, term: str | Term, *, allow_text: bool = True) -> tuple[np.ndarray, Term]:
-    """The vector of a term: a key of the index, an image file, or (if allowed) a text to encode."""
-    if isinstance(term, Term):
-        return _vector_of(index, term), term
-    for key in dict.fromkeys([term, term.lower()]):  # as given, or lower-cased for word indexes (GloVe)
-        vector = index.vector_of(key)
-        if vector is not None:
-            return vector, Term("key", key)
+def read_term(index: Index, term: str, *, allow_text: bool = True) -> Term:
+    """What a term stands for: a key of the index (as given, or lower-cased for word indexes), an
+    image file, or (if allowed) a text. A term that looks like an image file (by its extension)
+    but names no file is refused, never read as text."""
+    found = index.lookup(list(dict.fromkeys([term, term.lower()])))
+    for key in dict.fromkeys([term, term.lower()]):
+        if key in found:
+            return Term("key", key)
     path = Path(term).expanduser()
-    if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-        return _vector_of(index, Term("image", str(path))), Term("image", str(path))
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        if not path.is_file():
+            raise ExpressionError(f"{term!r} looks like an image file, but there is no such file (nor an item "
+                                  f"with that key in {index.directory.name})")
+        return Term("image", str(path))
     if allow_text and {"text", "word"} & set(index.encoder.modalities):
-        return _vector_of(index, Term("text", term)), Term("text", term)
+        return Term("text", term)
     raise ExpressionError(f"{term!r} is not a key of {index.directory} nor an image file"
                           + ("; quote it to use it as text" if not allow_text else ""))
+
+
+def query_term(index: Index, query: str) -> Term:
+    """How a search query is read: an image file when it names one (refused when it looks like
+    an image file that does not exist), else a text. Keys are not looked up: a query is text."""
+    path = Path(query).expanduser()
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return Term("text", query)
+    if not path.is_file():
+        raise ExpressionError(f"{query!r} looks like an image file, but there is no such file; to search for "
+                              "it as text, put it in a vector expression as a quoted text")
+    if "image" not in index.encoder.modalities:
+        raise ExpressionError(f"{query!r} is an image file, but the encoder {index.encoder_name!r} of "
+                              f"{index.directory.name} takes no images")
+    return Term("image", str(path))
+
+
+def resolve(index: Index, term: str | Term, *, allow_text: bool = True) -> tuple[np.ndarray, Term]:
+    """The vector of a term (see read_term), and what it was read as."""
+    if not isinstance(term, Term):
+        term = read_term(index, term, allow_text=allow_text)
+    return _vector_of(index, term), term
 
 
 def _vector_of(index: Index, term: Term) -> np.ndarray:

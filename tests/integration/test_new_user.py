@@ -1,0 +1,64 @@
+"""What a new user hit in the first hour (issue "What a new user hit"): messages that mislead.
+Each test failed before its fix."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+import latent
+from latent.cli import cli
+from latent.indexer.errors import FilterError
+from latent.search.explore import ExpressionError
+
+
+@pytest.fixture(scope="module")
+def words(tmp_path_factory):
+    ix = latent.create(tmp_path_factory.mktemp("new-user") / "words", encoder="glove")
+    ix.add([{"text": w, "key": w, "metadata": {"year": 1990 + i, "tag": {"kind": "w"}}}
+            for i, w in enumerate(["king", "queen", "france", "germany", "paris", "berlin"])])
+    return ix
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_search_without_a_query_says_it_is_missing(words):
+    out = run("search", words.directory)
+    assert out.exit_code == 2 and "the query is missing" in out.output and "not both" not in out.output
+    assert "not both" in run("search", words.directory, "king", "--expr", "king").output
+
+
+def test_a_path_is_never_taken_as_text(words, tmp_path):
+    out = run("search", words.directory, "pics/horse.png")
+    assert out.exit_code == 1 and "looks like an image file, but there is no such file" in out.output
+    (tmp_path / "real.png").write_bytes(b"")
+    out = run("search", words.directory, str(tmp_path / "real.png"))
+    assert out.exit_code == 1 and "takes no images" in out.output
+
+
+def test_interpolate_says_how_it_read_each_end(words):
+    out = run("interpolate", words.directory, "france", "KING", "--steps", "3")
+    assert out.exit_code == 0
+    assert "A: the key 'france'; B: the key 'king'" in out.stderr
+    out = run("interpolate", words.directory, "france", "Germani", "--steps", "3")
+    assert "B: the text 'Germani' (no item has it as its key)" in out.stderr or out.exit_code == 1
+    out = run("interpolate", words.directory, "france", "pics/x.jpg")
+    assert out.exit_code == 1 and "looks like an image file" in out.output
+    assert "A:" not in run("interpolate", words.directory, "france", "king", "-q").stderr
+
+
+def test_a_filter_on_a_field_no_item_has_names_it(words):
+    out = run("search", words.directory, "king", "--where", "yeer>=2004")
+    assert out.exit_code == 1
+    assert "no item of words has the field 'yeer'; its items have: tag, year" in out.output
+    with pytest.raises(FilterError, match="'tag.knd'"):
+        words.search("king", where="tag.knd = w")
+    assert words.search("king", where="year >= 2100") == []  # a known field that matches nothing: no hits
+    assert [h.key for h in words.search("king", where="tag.kind = w", k=1)] == ["king"]
+
+
+def test_read_term_refuses_missing_image_paths(words):
+    with pytest.raises(ExpressionError, match="no such file"):
+        words.interpolate("france", "missing.jpeg")
