@@ -57,9 +57,12 @@ def search(directory: Path, query: str | None, expr: str | None, include_terms: 
               help="An image file (need not be in the index), for image encoders.")
 @k_option
 @where_option
+@click.option("--include-self", is_flag=True, help="Keep the item itself (or an identical image) among the hits.")
 def similar(directory: Path, key: str | None, vector_file: str | None, image_file: str | None, k: int,
-            where: str | None):
+            where: str | None, include_self: bool):
     """Items of DIRECTORY nearest to a stored item (--key), a vector (--vector) or an image (--image).
+    The item itself (for --image: a stored image with the same bytes) is left out unless
+    --include-self.
 
     \b
     Example:
@@ -75,7 +78,8 @@ def similar(directory: Path, key: str | None, vector_file: str | None, image_fil
         except (ValueError, OSError) as e:
             raise LatentError(f"cannot read {vector_file} as a .npy array ({e})") from e
     with open_index(directory) as index:
-        hits = find_similar(index, key=key, vector=vector, image=image_file, k=k, where=where)
+        hits = find_similar(index, key=key, vector=vector, image=image_file, k=k, where=where,
+                            include_self=include_self)
     echo_hits(hits)
 
 

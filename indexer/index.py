@@ -272,6 +272,10 @@ class Index:
         """{key: (id, kind, content hash)} of the keys that are stored."""
         return self.store.lookup(keys)
 
+    def keys_with_content(self, hashes: Sequence[str]) -> dict[str, str]:
+        """{content hash: key} of stored items with those content hashes (an image's SHA-256)."""
+        return self.store.keys_of_hashes(hashes)
+
     def fetch(self, ids: Sequence[int]) -> dict[int, dict]:
         """{id: {key, kind, text, path, metadata, ...}} of the ids that are stored."""
         return self.store.fetch(ids)

@@ -39,9 +39,12 @@ class Collection(Index):
         return query.search_vectors(self, vectors, k=k, where=where)
 
     def similar(self, *, key: str | None = None, vector: np.ndarray | None = None, image: str | Path | None = None,
-                k: int = 10, where: str | None = None, min_score: float | None = None) -> list[Hit]:
-        """The k nearest items to a stored item (itself left out), a vector or an image file."""
-        return _above(query.similar(self, key=key, vector=vector, image=image, k=k, where=where), min_score)
+                k: int = 10, where: str | None = None, min_score: float | None = None,
+                include_self: bool = False) -> list[Hit]:
+        """The k nearest items to a stored item, a vector or an image file; the item itself (or a
+        stored image with the same bytes as the file) is left out unless `include_self`."""
+        return _above(query.similar(self, key=key, vector=vector, image=image, k=k, where=where,
+                                    include_self=include_self), min_score)
 
     def interpolate(self, a: str, b: str, *, steps: int = 10, method: str = "slerp", exclude_endpoints: bool = False,
                     where: str | None = None) -> list[explore.Step]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from latent.indexer.encoders import normalize
 from latent.indexer.errors import InputError, LatentError
-from latent.indexer.images import load_image
+from latent.indexer.images import ImageRefused, file_sha256, load_image, open_regular
 from latent.indexer.index import Index
 from latent.indexer.vector_index import exact_topk
 
@@ -56,18 +56,31 @@ def search(index: Index, query: str | np.ndarray, *, k: int = 10, where: str | N
 
 
 def similar(index: Index, *, key: str | None = None, vector: np.ndarray | None = None,
-            image: str | Path | None = None, k: int = 10, where: str | None = None) -> list[Hit]:
-    """The k nearest items to a stored item (itself excluded), a vector, or an image file."""
+            image: str | Path | None = None, k: int = 10, where: str | None = None,
+            include_self: bool = False) -> list[Hit]:
+    """The k nearest items to a stored item, a vector, or an image file. The item itself (the
+    key, or the stored images with the same content as the file) is left out unless `include_self`."""
     if sum(x is not None for x in (key, vector, image)) != 1:
         raise LatentError("give exactly one of a key, a vector or an image")
+    exclude: tuple[str, ...] = ()
     if key is not None:
-        stored = index.vector_of(key)
-        if stored is None:
+        vector = index.vector_of(key)
+        if vector is None:
             raise LatentError(f"no item with key {key!r} in {index.directory}")
-        return search_vectors(index, stored, k=k, where=where, exclude_keys=(key,))[0]
-    if image is not None:
+        exclude = (key,)
+    elif image is not None:
         vector = encode_image(index, image)
-    return search_vectors(index, vector, k=k, where=where)[0]
+        exclude = tuple(index.keys_with_content([image_sha256(image)]).values())
+    return search_vectors(index, vector, k=k, where=where, exclude_keys=() if include_self else exclude)[0]
+
+
+def image_sha256(path: str | Path) -> str:
+    """The content hash that an indexed image file is stored under (its bytes' SHA-256)."""
+    try:
+        with open_regular(path) as f:
+            return file_sha256(f)
+    except ImageRefused as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def encode_image(index: Index, path: str | Path) -> np.ndarray:

@@ -271,7 +271,8 @@ def test_checkpoint_round_trips_through_create_add_search(reference, encoder, ph
     assert [h["key"] for h in hits] == expected
     np.testing.assert_allclose(sorted((h["score"] for h in hits), reverse=True),
                                np.sort(image_vecs @ text_vec[0])[::-1], atol=1e-4)
-    by_image = json.loads(run("similar", directory, "--image", folder / "coffee.png", "-k", "1", "--json"))
+    by_image = json.loads(run("similar", directory, "--image", folder / "coffee.png", "-k", "1", "--json",
+                               "--include-self"))
     assert by_image["hits"][0]["key"] == "coffee.png" and by_image["hits"][0]["score"] > 0.999
 
 

@@ -40,8 +40,10 @@ def test_conse_text_queries_rank_the_right_photo_first(conse_index, query, photo
 def test_conse_filters_on_labels_and_similar_by_image(conse_index, photos):
     hits = search(conse_index, "an animal", k=5, where="label in (tabby, 'tiger cat', 'Egyptian cat')")
     assert [h.key for h in hits] == ["chelsea.png"]
-    by_file = similar(conse_index, image=photos / "coffee.png", k=1)
+    by_file = similar(conse_index, image=photos / "coffee.png", k=1, include_self=True)
     assert by_file[0].key == "coffee.png" and by_file[0].score > 0.99
+    # as for a key, the indexed photo with the same bytes is left out unless asked for
+    assert "coffee.png" not in [h.key for h in similar(conse_index, image=photos / "coffee.png", k=5)]
 
 
 def test_conse_text_vectors_are_minilm():

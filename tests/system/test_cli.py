@@ -284,6 +284,8 @@ def test_text_query_on_an_image_only_index_names_the_encoders(run, tmp_path):
     assert run("add", directory, tmp_path / "rocket.png").exit_code == 0
     result = run("search", directory, "a rocket")
     assert result.exit_code == 1 and "not text" in result.output and "conse" in result.output
-    by_image = json.loads(run("similar", directory, "--image", tmp_path / "rocket.png", "--json").output)
+    assert json.loads(run("similar", directory, "--image", tmp_path / "rocket.png", "--json").output)["hits"] == []
+    by_image = json.loads(run("similar", directory, "--image", tmp_path / "rocket.png", "--json",
+                              "--include-self").output)
     assert by_image["hits"][0]["key"] == "rocket.png"
     assert by_image["hits"][0]["metadata"]["label"] in ("missile", "projectile", "space shuttle")
