@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from latent.indexer.builtin import open_index as open_builtin
 from latent.indexer.errors import LatentError
-from latent.search.query import Hit
+from latent.search.query import MAX_K, Hit
 
 MAX_CELL = 60
 
@@ -108,8 +108,8 @@ class Group(click.Group):
 
 # -- shared options ---------------------------------------------------------------------------------------------
 def k_option(f):
-    return click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10_000),
-                        help="Number of neighbours.")(f)
+    return click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K),
+                        help=f"Number of neighbours (1 to {MAX_K:,}, as in the Python API).")(f)
 
 
 def where_option(f):
