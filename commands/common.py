@@ -9,13 +9,14 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
-from latent.indexer.builtin import open_index as open_builtin
+from latent.indexer.builtin import BUILDING, open_index as open_builtin
 from latent.indexer.errors import LatentError
 from latent.search.query import MAX_K, Hit
 
@@ -123,14 +124,23 @@ def index_dir(f):
 
 # -- progress on stderr -----------------------------------------------------------------------------------------
 class Progress:
-    """tqdm bars on stderr, one per stage; silent when stdout is not a terminal or with --quiet."""
+    """tqdm bars on stderr, one per stage, on a terminal. Elsewhere (a pipe, a log) only the
+    long first-time work of a built-in index is told, as a line when it starts and when it ends.
+    Nothing with --quiet."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, *, bars: bool = True):
         self.enabled = enabled
+        self.use_bars = bars
         self.bars: dict = {}
+        self.told: dict[str, float] = {}  # stage -> when its start line was written
 
     def __call__(self, stage: str, n: int, total: int | None) -> None:
         if not self.enabled:
+            return
+        if not self.use_bars:
+            if stage.startswith(BUILDING) and stage not in self.told:
+                self.told[stage] = time.monotonic()
+                self.write(f"{stage} ({total:,} items)..." if total else f"{stage}...")
             return
         bar = self.bars.get(stage)
         if bar is None:
@@ -155,10 +165,13 @@ class Progress:
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
+        for stage, started in self.told.items():
+            self.write(f"{stage}: done in {time.monotonic() - started:.0f} s")
+        self.told.clear()
 
 
 def progress_bars() -> Progress:
-    return Progress(enabled=not flags().quiet and sys.stdout.isatty())
+    return Progress(enabled=not flags().quiet, bars=sys.stdout.isatty() and sys.stderr.isatty())
 
 
 def open_index(directory: Path):

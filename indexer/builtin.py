@@ -21,6 +21,7 @@ from .readers import read_inputs
 from .records import Record
 
 SENTENCES = Path(__file__).parent / "data" / "sentences.jsonl"
+BUILDING = "building the built-in index"  # the progress stages of a first-time build start with this
 
 
 def _open_or_create(cls: type[Index], directory: Path, encoder: str, index_type: str) -> Index:
@@ -32,12 +33,14 @@ def _open_or_create(cls: type[Index], directory: Path, encoder: str, index_type:
         return cls.open(directory)
 
 
-def _ensure(cls: type[Index], directory: Path, encoder: str, records: Callable[[], Iterable],
+def _ensure(cls: type[Index], name: str, directory: Path, encoder: str, records: Callable[[], Iterable],
             total: Callable[[], int], progress: Progress, batch_size: int) -> Index:
     """Open (or create) a built-in index; the records are read, and counted, only to build it."""
     index = _open_or_create(cls, directory, encoder, "auto")
     if not index.store.manifest().get("complete"):
-        index.add(records(), batch_size=batch_size, progress=progress, total=total())
+        title = f"{BUILDING} {name} in {directory} (once)"
+        index.add(records(), batch_size=batch_size, total=total(),
+                  progress=lambda stage, n, count: progress(f"{title}: {stage}", n, count))
         index.store.set_manifest(complete=True)
     return index
 
@@ -48,13 +51,14 @@ def word_index(*, progress: Progress = _no_progress, cls: type[Index] = Index) -
         for word in load_glove()[0]:
             yield Record(text=word, key=word, kind="word", source="glove")
 
-    return _ensure(cls, cache_dir() / "glove-words", "glove", records, lambda: len(load_glove()[0]), progress, 20_000)
+    return _ensure(cls, "@words", cache_dir() / "glove-words", "glove", records, lambda: len(load_glove()[0]),
+                   progress, 20_000)
 
 
 def sentence_index(*, progress: Progress = _no_progress, cls: type[Index] = Index) -> Index:
     """The index of latent's demo sentences (minilm), built on first use."""
     directory = cache_dir() / "demo-sentences"
-    return _ensure(cls, directory, "minilm",
+    return _ensure(cls, "@sentences", directory, "minilm",
                    lambda: read_inputs([str(SENTENCES)], fmt="jsonl", text_field="text", key_field="id"),
                    lambda: len(SENTENCES.read_bytes().splitlines()), progress, 128)
 
@@ -95,7 +99,7 @@ def write_demo_photos(directory: Path) -> Path:
 
 def image_index(*, progress: Progress = _no_progress, cls: type[Index] = Index) -> Index:
     """A `conse` index (texts and images in one space) over the bundled photos."""
-    return _ensure(cls, cache_dir() / "demo-images", "conse",
+    return _ensure(cls, "@photos", cache_dir() / "demo-images", "conse",
                    lambda: read_images([str(write_demo_photos(cache_dir() / "demo-photos"))]),
                    lambda: len(DEMO_PHOTOS) + 2 + DEMO_FACES, progress, 16)
 

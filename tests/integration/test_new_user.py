@@ -62,3 +62,17 @@ def test_a_filter_on_a_field_no_item_has_names_it(words):
 def test_read_term_refuses_missing_image_paths(words):
     with pytest.raises(ExpressionError, match="no such file"):
         words.interpolate("france", "missing.jpeg")
+
+
+def test_first_time_work_is_told_on_stderr(tmp_path, monkeypatch):
+    """Building a built-in index takes a while once: outside a terminal it is one line when it
+    starts and one when it ends (make demo sat silent for 45 s); --quiet silences them."""
+    monkeypatch.setenv("LATENT_CACHE_DIR", str(tmp_path / "cache"))
+    out = run("search", "@sentences", "storms at sea", "-k", "1")
+    assert out.exit_code == 0, out.output
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("building the built-in index @sentences in ") and "(400 items)" in lines[0]
+    assert lines[-1].endswith(" s") and ": done in " in lines[-1]
+    assert run("search", "@sentences", "storms at sea", "-k", "1").stderr == ""  # built: nothing to tell
+    monkeypatch.setenv("LATENT_CACHE_DIR", str(tmp_path / "cache2"))
+    assert run("search", "@sentences", "storms", "-k", "1", "-q").stderr == ""
