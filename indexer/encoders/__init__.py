@@ -46,10 +46,10 @@ def _vectors(rest: str) -> Encoder:
     return parse("vectors:" + rest)
 
 
-register("minilm", load_minilm, "all-MiniLM-L6-v2 sentence embeddings, 384-d (bundled, default for text)")
-register("glove", GloveEncoder, "GloVe 6B word vectors, 50-d, 400,000 words (bundled, default for words)")
+register("minilm", load_minilm, "all-MiniLM-L6-v2 sentence embeddings, 384-d (bundled; the default encoder of create)")
+register("glove", GloveEncoder, "GloVe 6B word vectors, 50-d, 400,000 words (bundled; the @words index)")
 register("efficientnet", load_efficientnet,
-         "EfficientNet-Lite0 ImageNet CNN, 1280-d image features + top-5 labels (bundled, default for images)")
+         "EfficientNet-Lite0 ImageNet CNN, 1280-d image features + top-5 labels (bundled; images only)")
 register("conse", _conse, "texts and images in one 384-d space, offline: ConSE over efficientnet + minilm (bundled)")
 register("st:", SentenceTransformerEncoder,
          "any sentence-transformers model: a local folder, or a hub name (needs a network)", argument="<name-or-path>")

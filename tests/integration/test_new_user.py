@@ -76,3 +76,13 @@ def test_first_time_work_is_told_on_stderr(tmp_path, monkeypatch):
     assert run("search", "@sentences", "storms at sea", "-k", "1").stderr == ""  # built: nothing to tell
     monkeypatch.setenv("LATENT_CACHE_DIR", str(tmp_path / "cache2"))
     assert run("search", "@sentences", "storms", "-k", "1", "-q").stderr == ""
+
+
+def test_the_encoder_listing_says_what_is_true():
+    """`latent encoders` called efficientnet "the default for images", but create defaults to
+    minilm everywhere: the listing names the one default there is."""
+    listing = run("encoders", "--json")
+    described = {e["name"]: e["description"] for e in __import__("json").loads(listing.output)["encoders"]}
+    assert "default" not in described["efficientnet"] and "default" not in described["glove"]
+    assert "default encoder of create" in described["minilm"]
+    assert run("create", "--help").output.count("minilm") >= 1
