@@ -45,6 +45,9 @@ def search(directory: Path, query: str | None, expr: str | None, include_terms: 
             hits = find_similar(index, image=term.value, k=k, where=where)
         else:
             hits = search_index(index, query, k=k, where=where)
+            unknown = index.encoder.unknown_words(query)
+            if unknown:
+                note(f"not in the {index.encoder_name} vocabulary, left out of the query: {', '.join(unknown)}")
     echo_hits(hits, **({"query": query} if query is not None else {"expr": expr}))
 
 

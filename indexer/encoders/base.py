@@ -86,6 +86,10 @@ class Encoder:
             f"encoders that take text: {TEXT_ENCODERS}"
         )
 
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` that the encoder leaves out (a vocabulary encoder's unknown words)."""
+        return []
+
     def encode(self, items: Sequence[str]) -> np.ndarray:
         """Encode texts (or words) into float32 (n, dim) L2-normalised vectors."""
         items = list(items)

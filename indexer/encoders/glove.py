@@ -35,7 +35,8 @@ def load_glove() -> tuple[list[str], dict[str, int], np.ndarray]:
 
 
 class GloveEncoder(Encoder):
-    """Words to GloVe vectors. A text of several words is the mean of its words' vectors."""
+    """Words to GloVe vectors. A text of several words is the mean of the vectors of the words
+    GloVe knows (see unknown_words); a text none of whose words it knows is OutOfVocabulary."""
 
     name = "glove"
     version = "6B.50d"
@@ -51,12 +52,16 @@ class GloveEncoder(Encoder):
         out = np.empty((len(items), self.dim), dtype=np.float32)
         missing = []
         for i, item in enumerate(items):
-            tokens = str(item).lower().split()
-            found = [rows[t] for t in tokens if t in rows]
-            if not tokens or len(found) != len(tokens):
+            found = [rows[t] for t in str(item).lower().split() if t in rows]
+            if not found:
                 missing.append(item)
                 continue
             out[i] = vectors[found].mean(axis=0)
         if missing:
             raise OutOfVocabulary(missing)
         return out
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` that GloVe does not know (left out of its vector)."""
+        rows = load_glove()[1]
+        return [t for t in str(text).lower().split() if t not in rows]

@@ -86,3 +86,21 @@ def test_the_encoder_listing_says_what_is_true():
     assert "default" not in described["efficientnet"] and "default" not in described["glove"]
     assert "default encoder of create" in described["minilm"]
     assert run("create", "--help").output.count("minilm") >= 1
+
+
+def test_glove_averages_the_words_it_knows(tmp_path):
+    """One unknown word no longer skips a whole row: the text is the mean of its known words,
+    the unknown ones are named, and only a text with no known word is skipped."""
+    import numpy as np
+
+    from latent.indexer.encoders import get_encoder, normalize
+
+    glove = get_encoder("glove")
+    assert glove.unknown_words("New qwxzq York") == ["qwxzq"]
+    np.testing.assert_allclose(glove.encode(["new qwxzq york"]), glove.encode(["new york"]), atol=1e-6)
+    ix = latent.create(tmp_path / "idx", encoder="glove")
+    report = ix.add(["new qwxzq york", "qwxzq zzqqxw"])
+    assert report.added == 1 and "vocabulary" in report.skipped[0].reason and report.skipped[0].line == 2
+    out = run("search", ix.directory, "york qwxzq", "-k", "1")
+    assert out.exit_code == 0 and "left out of the query: qwxzq" in out.stderr
+    assert normalize(glove.encode(["york"]))[0] @ glove.encode(["york qwxzq"])[0] > 0.999
