@@ -272,14 +272,21 @@ def _read_csv(path: str, *, text_field: str, key_field: str | None) -> Iterator[
             yield from _drain(skips)
             yield Skip(path, first[0] or current[0], f"malformed CSV ({e})")
             continue
-        yield from _drain(skips)
         number = start = first[0] or current[0]  # a record is numbered by its first line
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
-            span = f" (lines {start}-{current[0]}: an unclosed quote?)" if current[0] > start else ""
+            span = ""
+            if current[0] > start:  # the lines skipped inside the span are part of this one report
+                inside = [s.line for s in skips if s.line is not None and start < s.line <= current[0]]
+                skips[:] = [s for s in skips if s.line is None or not start < s.line <= current[0]]
+                span = (f" (lines {start}-{current[0]}: an unclosed quote?"
+                        + (f"; line{'s' if len(inside) > 1 else ''} {', '.join(map(str, inside))} not valid UTF-8"
+                           if inside else "") + ")")
+            yield from _drain(skips)
             yield Skip(path, number, f"{len(cells)} fields, the header has {len(header)}{span}")
             continue
+        yield from _drain(skips)
         try:
             row = {h: (c if h in (text_field, key_field) else _typed(c)) for h, c in zip(header, cells)}
         except ValueError:  # int() refuses more than sys.get_int_max_str_digits() (4,300) digits

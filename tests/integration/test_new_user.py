@@ -104,3 +104,14 @@ def test_glove_averages_the_words_it_knows(tmp_path):
     out = run("search", ix.directory, "york qwxzq", "-k", "1")
     assert out.exit_code == 0 and "left out of the query: qwxzq" in out.stderr
     assert normalize(glove.encode(["york"]))[0] @ glove.encode(["york qwxzq"])[0] > 0.999
+
+
+def test_a_csv_line_inside_an_unclosed_quote_is_reported_once(tmp_path):
+    """A bad UTF-8 line inside the span of an unclosed quote was reported twice, out of line
+    order: now it is named inside the one report of the span, and skips come in line order."""
+    source = tmp_path / "in.csv"
+    source.write_bytes(b'text,n\nbad \xff first,0\ngood one,1\n"broken quote,2\nbad \xff utf,3\nmore,4\nlast,5\n')
+    skips = [item for item in latent.read_inputs([str(source)]) if isinstance(item, latent.Skip)]
+    assert [(s.line, s.reason) for s in skips] == [
+        (2, "not valid UTF-8"),
+        (4, "1 fields, the header has 2 (lines 4-7: an unclosed quote?; line 5 not valid UTF-8)")]
