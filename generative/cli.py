@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from latent.commands.common import Group, echo_json, flags, k_option, progress_bars
+from latent.indexer.index import Index
 from .data import DIGITS, add_dataset, load_dataset, load_digits, load_reference
 from .files import check_model_path
 from .grids import chunk, save_grid
@@ -231,6 +232,26 @@ def vae_sample(model: Path, output: Path, count: int, cols: int, seed: int, temp
 
     images = load_vae(model).sample(count, seed=seed, temperature=temperature)
     _grid_saved(save_grid(chunk(images, cols), output, scale=scale), f"{count} samples, seed {seed}")
+
+
+@vae.command("relink")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def vae_relink(directory: Path, model: Path):
+    """Point the index DIRECTORY at its VAE model's new place MODEL (the index names its model
+    by its absolute path). Refused unless MODEL is the very model the index was built with.
+
+    \b
+    Example:
+        latent vae relink digits-idx ~/models/digits.vae
+    """
+    with Index.open(directory) as index:
+        index.relink_encoder(f"vae:{model}")
+        name = index.encoder_name
+    if flags().json:
+        echo_json({"directory": str(directory), "encoder": name})
+    else:
+        click.echo(f"{directory} now uses {name}")
 
 
 @click.group(cls=Group)

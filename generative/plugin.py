@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import os
 
+from latent.indexer.errors import EncoderUnavailable
+
 
 def _vae(path: str):
     from .vae import load_vae_encoder  # torch loads with the first VAE, not with latent
 
+    if not os.path.exists(path):  # an index names its model by its absolute path: it may have moved
+        raise EncoderUnavailable(f"the VAE model {path} is not there (moved or deleted?): put it back there, or "
+                                 "point the index at where it is now with `latent vae relink DIRECTORY MODEL`")
     return load_vae_encoder(path)
 
 

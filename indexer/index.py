@@ -436,6 +436,22 @@ class Index:
             parts.append(vx.exact_topk(queries[start:start + rows], gathered, k, ids=block))
         return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
 
+    def relink_encoder(self, name: str) -> None:
+        """Record the index's encoder under a new name (a model file that moved): refused unless
+        the encoder of that name is the same model (the same version, which holds a hash of its
+        weights, and the same dimension), so the stored vectors stay its vectors."""
+        encoder = get_encoder(name)
+        with self._lock:
+            self.manifest = self.store.manifest()
+            if (encoder.version, encoder.dim) != (self.manifest.get("encoder_version"), self.dim):
+                raise EncoderMismatch(
+                    f"{encoder.name!r} is not the model {self.directory} was built with: it is "
+                    f"{encoder.version!r} ({encoder.dim}-d), the index holds vectors of "
+                    f"{self.manifest.get('encoder_version')!r} ({self.dim}-d)")
+            self.store.set_manifest(encoder=encoder.name)
+            self.manifest = self.store.manifest()
+            self._encoder = encoder
+
     def tune(self, target_recall: float | None = None, *, progress: Progress = _no_progress) -> dict:
         """Tune the search parameters to `target_recall` (default: the index's stored target) on
         held-out items, rebuilding the vector index; the target is kept for later re-tuning.

@@ -448,3 +448,43 @@ def test_cli_gan(run, gan_file, tmp_path):
         doc["measured"]["random"]["target"]
     result = run("gan", "direction", tmp_path / "tiny.gan", "--from", "1", "--to", "1", "-o", tmp_path / "x.png")
     assert result.exit_code == 1 and "two different labels" in result.output
+
+
+def test_a_moved_vae_model_is_named_and_can_be_relinked(run, vae_file, tmp_path):
+    """A VAE index names its model by its absolute path: after a move the error says where the
+    model was expected and how to point the index at it again (it said to retrain)."""
+    import shutil
+
+    model = tmp_path / "models" / "digits.vae"
+    model.parent.mkdir()
+    shutil.copy(vae_file, model)
+    directory = tmp_path / "idx"
+    assert run("vae", "encode", model, directory, "digits", "--index", "flat").exit_code == 0
+    moved = tmp_path / "elsewhere.vae"
+    model.rename(moved)
+    result = run("similar", directory, "--vector", _vector_file(tmp_path))
+    assert result.exit_code == 0, result.output  # searching by a vector needs no model
+    (tmp_path / "q.png").write_bytes(_digit_png())
+    result = run("similar", directory, "--image", tmp_path / "q.png")
+    assert result.exit_code == 1
+    assert f"the VAE model {model} is not there" in result.output and "latent vae relink" in result.output
+    other = tmp_path / "other.vae"
+    assert run("vae", "train", "digits", "-o", other, "--epochs", "1", "--width", "4", "--latent-dim", "2").exit_code == 0
+    refused = run("vae", "relink", directory, other)
+    assert refused.exit_code == 1 and "is not the model" in refused.output
+    relinked = run("vae", "relink", directory, moved, "--json")
+    assert relinked.exit_code == 0 and json.loads(relinked.output)["encoder"] == f"vae:{moved}"
+    assert run("similar", directory, "--image", tmp_path / "q.png", "-k", "3").exit_code == 0
+
+
+def _vector_file(tmp_path) -> Path:
+    np.save(tmp_path / "v.npy", np.ones(VAE_SMALL["latent_dim"], dtype=np.float32))
+    return tmp_path / "v.npy"
+
+
+def _digit_png() -> bytes:
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    out = io.BytesIO()
+    digit_image(sklearn_digits().images[3]).save(out, "PNG")
+    return out.getvalue()
