@@ -101,7 +101,7 @@ def compute_map(index: Index, *, method: str = "pca", sample: int = DEFAULT_SAMP
             ids = np.intersect1d(ids, np.asarray(chosen, dtype=np.int64))
         total = len(ids)
         if total < 3:
-            what = f"only {total} item(s) match --where {where!r}" if allowed is not None else \
+            what = f"only {total} item(s) match the filter {where!r}" if allowed is not None else \
                 f"only {total} of the items asked for exist" if chosen is not None else \
                 f"{index.directory} holds only {total} item(s)"
             raise MapError(f"{what}; a map needs at least 3 (add items{' or loosen the filter' if where else ''})")

@@ -296,6 +296,10 @@
       if (e && e.name === "AbortError") return;
       if (ticket === state.ticket) {
         const message = e && e.message ? e.message : String(e);
+        // the results of an earlier query must not stand under an error as if they answered this one
+        state.hits = [];
+        ui.summary.replaceChildren();
+        ui.results.replaceChildren();
         showError(message);
         ui.where.classList.toggle("invalid", !!ui.where.value.trim() && /filter|where/i.test(message));
       }

@@ -238,11 +238,15 @@ def test_a_path_between_two_words_shows_its_steps(page):
 
 def test_an_api_error_is_shown_as_a_readable_message(page):
     choose(page, "words")
+    search(page, "king")
+    assert keys(page)  # results of a first query...
     search(page, "king", where="length >>> 3")
     assert page.is_visible("#error")
     message = page.inner_text("#error-text")
     assert "filter" in message.lower() or "where" in message.lower(), message
     assert "[object" not in message and "{" not in message
+    assert "--where" not in message  # the page's field is not a CLI flag
+    assert keys(page) == []  # ...do not stand under the error as if they answered the bad one
     assert page.is_enabled("#search-button")
     shot(page, "error")
     page.fill("#where", "")  # a good query clears the message
