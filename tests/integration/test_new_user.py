@@ -115,3 +115,19 @@ def test_a_csv_line_inside_an_unclosed_quote_is_reported_once(tmp_path):
     assert [(s.line, s.reason) for s in skips] == [
         (2, "not valid UTF-8"),
         (4, "1 fields, the header has 2 (lines 4-7: an unclosed quote?; line 5 not valid UTF-8)")]
+
+
+def test_shell_completion_works_as_the_readme_says():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    latent_bin = Path(sys.executable).parent / "latent"
+    script = subprocess.run([str(latent_bin)], env={**os.environ, "_LATENT_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, timeout=60)
+    assert "_latent_completion" in script.stdout
+    words = subprocess.run([str(latent_bin)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "_LATENT_COMPLETE": "bash_complete", "COMP_WORDS": "latent se",
+                                "COMP_CWORD": "1"})
+    assert {"plain,search", "plain,serve"} <= set(words.stdout.split())
