@@ -48,7 +48,8 @@ class Limits:
         rules = {"max_upload_bytes": self.max_upload_bytes >= 1, "max_k": self.max_k >= 1,
                  "max_text": self.max_text >= 1, "max_steps": self.max_steps >= 2, "min_sample": self.min_sample >= 3,
                  "max_sample": self.max_sample >= self.min_sample,
-                 "max_slow_map_sample": self.min_sample <= self.max_slow_map_sample <= self.max_sample, "cached_maps": self.cached_maps >= 1,
+                 "max_slow_map_sample": self.min_sample <= self.max_slow_map_sample <= self.max_sample,
+                 "cached_maps": self.cached_maps >= 1,
                  "thumbnail_sizes": 1 <= self.thumbnail_sizes[0] <= self.thumbnail_sizes[1]}
         bad = [name for name, ok in rules.items() if not ok]
         if bad:

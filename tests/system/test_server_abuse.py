@@ -88,6 +88,8 @@ def figures(name: str, seconds: list[float]) -> tuple[float, float]:
 def test_a_map_flood_is_refused_at_once_and_cheap_routes_keep_answering(vectors_index):
     with latent_serve(vectors_index) as (base, _), httpx.Client(base_url=base, timeout=10) as client:
         assert client.get("/api/indexes").status_code == 200
+        pca = {"method": "pca", "sample": 500}
+        cached = client.get("/api/indexes/vectors/map", params=pca).json()
         answers: list[httpx.Response] = []
 
         def ask(sample: int) -> None:
@@ -110,6 +112,9 @@ def test_a_map_flood_is_refused_at_once_and_cheap_routes_keep_answering(vectors_
         _, slowest = figures("GET /api/indexes during a flood of 20 t-SNE maps", latencies)
         assert slowest < CHEAP_LATENCY
 
+        started = time.perf_counter()
+        assert client.get("/api/indexes/vectors/map", params=pca).json() == cached  # a cached map answers at once
+        assert time.perf_counter() - started < CHEAP_LATENCY
         refused = [a for a in answers if a.status_code == 429]
         assert len(refused) >= FLOOD - 1, [a.status_code for a in answers]  # one computes (or has finished)
         for answer in refused:
@@ -143,7 +148,8 @@ def test_a_slow_loris_is_cut_off_by_the_cap_and_the_header_timeout(vectors_index
         while b"\r\n\r\n" not in head:
             head += kept.recv(65536)
         head, _, body = head.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
         while len(body) < length:
             body += kept.recv(65536)
         assert head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 503")), head
@@ -211,3 +217,17 @@ def test_a_signal_stops_the_server_in_the_middle_of_a_map(vectors_index, sig):
         time.sleep(0.2)
         if answer and isinstance(answer[0], httpx.Response):  # told why, in one line
             assert answer[0].status_code == 503 and "stopping" in answer[0].json()["error"]
+
+
+def test_the_limits_are_checked_without_naming_flags():
+    from latent.search.server import Limits, ServeError
+    from latent.search.server.connections import uvicorn_settings
+
+    for bad in ({"max_connections": 0}, {"header_timeout": 0}, {"header_timeout": float("nan")}):
+        with pytest.raises(ServeError, match="at least 1|more than 0") as caught:
+            uvicorn_settings(**bad)
+        assert "--" not in str(caught.value)
+    with pytest.raises(ServeError, match="max_slow_map_sample"):
+        Limits(max_slow_map_sample=Limits().max_sample + 1)
+    settings = uvicorn_settings(max_connections=CAP, header_timeout=HEADER_TIMEOUT)
+    assert settings["limit_concurrency"] == CAP + 1 and settings["http"].header_timeout == HEADER_TIMEOUT
