@@ -18,7 +18,12 @@ from .common import echo_json, flags, progress_bars
               help="Require 'Authorization: Bearer TOKEN' (or ?token=TOKEN) on every request [env: LATENT_TOKEN].")
 @click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0.01, 1024),
               help="Largest image upload, in MiB.")
-def serve(directories, host: str, port: int, public: bool, token: str | None, max_upload_mb: float):
+@click.option("--max-connections", default=256, show_default=True, type=click.IntRange(1, 100_000),
+              help="Open connections at most; beyond, the one idle longest is closed, or a request gets 503.")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              metavar="SECONDS", help="Close a connection that sends no whole request head within this time.")
+def serve(directories, host: str, port: int, public: bool, token: str | None, max_upload_mb: float,
+          max_connections: int, header_timeout: float):
     """Serve DIRECTORIES (index folders or @words, @sentences, @photos) over HTTP: the web page
     at / and the JSON API under /api (schema at /openapi.json).
 
@@ -42,8 +47,8 @@ def serve(directories, host: str, port: int, public: bool, token: str | None, ma
 
     try:
         run_server(list(directories), host=host, port=port, token=token, public=public,
-                   limits=Limits(max_upload_bytes=int(max_upload_mb * 2**20)), progress=progress,
-                   announce=announce)
+                   limits=Limits(max_upload_bytes=int(max_upload_mb * 2**20)), max_connections=max_connections,
+                   header_timeout=header_timeout, progress=progress, announce=announce)
     finally:
         progress.close()
 

@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from latent import __version__
 
+from .connections import HEADER_TIMEOUT, MAX_CONNECTIONS, uvicorn_settings
 from .errors import ServeError, add_error_handlers
 from .routes import build_router
 from .security import Gate, check_bind, check_token, openapi_with_auth
@@ -61,16 +62,20 @@ def _page() -> str:
 
 
 def serve(directories: list[str], *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          public: bool = False, limits: Limits | None = None, progress=None,
+          public: bool = False, limits: Limits | None = None, max_connections: int = MAX_CONNECTIONS,
+          header_timeout: float = HEADER_TIMEOUT, progress=None,
           announce: Callable[[str], None] | None = None) -> None:
-    """Serve `directories` over HTTP until interrupted (uvicorn). Loopback only unless `public`;
-    `public` needs a token. The access log is off: URLs may carry ?token=."""
+    """Serve `directories` over HTTP until interrupted (uvicorn; SIGTERM or SIGINT stop it within
+    a few seconds). Loopback only unless `public`; `public` needs a token. At most `max_connections`
+    connections at once, each closed when it sends no whole request head within `header_timeout`
+    seconds (connections.py)."""
     token = token or None
     check_bind(host, public=public, token=token)
+    settings = uvicorn_settings(max_connections=max_connections, header_timeout=header_timeout)
     app = create_app(directories, token=token, limits=limits, public=public, preload=True, progress=progress)
     if announce is not None:
         shown = f"[{host}]" if ":" in host else host
         page = f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
         announce(f"Serving {', '.join(app.state.api.served)} at {page} (API under /api, schema at "
                  f"/openapi.json{'; every request needs the token' if token else ''}); Ctrl-C to stop")
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", server_header=False)
+    uvicorn.run(app, host=host, port=port, **settings)

@@ -24,9 +24,21 @@ class ImageUnreadable(LatentError):
     """An uploaded file is not an image the server can decode."""
 
 
+class Busy(LatentError):
+    """The server is doing this kind of work for another request: ask again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Stopping(LatentError):
+    """The server is shutting down: a request still in flight is answered with this."""
+
+
 # Status by error type (the first match along the error's class hierarchy wins).
 _STATUS: dict[type, int] = {
-    NotFound: 404, IndexNotFound: 404, ImageUnreadable: 415,
+    NotFound: 404, IndexNotFound: 404, ImageUnreadable: 415, Busy: 429, Stopping: 503,
     IndexCorrupt: 503, StorageError: 503, LockTimeout: 503, EncoderUnavailable: 503,
     LatentError: 400,
 }
@@ -58,7 +70,8 @@ def add_error_handlers(app: FastAPI) -> None:
     """Every error leaves as {"error": message}; a bug is a 500 that names only its type."""
 
     async def latent_error(request: Request, exc: LatentError) -> JSONResponse:
-        return error_response(status_of(exc), str(exc))
+        retry = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return error_response(status_of(exc), str(exc), retry)
 
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, _validation_message(exc))

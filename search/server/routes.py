@@ -168,12 +168,14 @@ def _explore_routes(router: APIRouter, api: Api, limits: Limits, common: dict, N
             hits = analogy(index, *terms, k=k, method=method, include_inputs=include_inputs)
             return api.hits(served, hits, started)
 
-    @router.get("/indexes/{name}/map", response_model=MapOut, responses=common)
-    def item_map(name: Name, method: Literal["pca", "tsne", "umap"] = "pca",
-                 sample: Annotated[int, Query(ge=limits.min_sample, le=limits.max_sample,
-                                              description="At most this many items (a seeded sample).")] = 2000):
-        """2-D coordinates in [0, 1] of (a sample of) the items; cached until the index changes."""
-        return api.map(api.get(name), method, sample)
+    @router.get("/indexes/{name}/map", response_model=MapOut, responses={**common, **error_responses(429)})
+    async def item_map(name: Name, method: Literal["pca", "tsne", "umap"] = "pca",
+                       sample: Annotated[int, Query(ge=limits.min_sample, le=limits.max_sample, description=(
+                           "At most this many items (a seeded sample); t-SNE and UMAP maps at most "
+                           f"{limits.max_slow_map_sample:,}."))] = 2000):
+        """2-D coordinates in [0, 1] of (a sample of) the items; cached until the index changes. One
+        map computes at a time: meanwhile, a map not in the cache is refused with 429 and Retry-After."""
+        return await api.map(api.get(name), method, sample)
 
 
 def _item_routes(router: APIRouter, api: Api, limits: Limits, common: dict, Name, ItemId) -> None:

@@ -1,7 +1,9 @@
 """The indexes being served and what the routes ask of them: the request Limits, each index's
 lock, generation and caches (Served), opening and naming them, and the Api object that shapes
-hits, steps and maps and serves thumbnails only of files that still hash as indexed."""
+hits and steps, computes maps (one at a time, each in a thread of its own) and serves thumbnails
+only of files that still hash as indexed."""
 
+import asyncio
 import io
 import threading
 import time
@@ -13,14 +15,18 @@ from typing import Iterator
 from urllib.parse import quote
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from latent.indexer.builtin import open_index
 from latent.indexer.images import ImageRefused, file_sha256, open_regular
 from latent.indexer.index import Index
 
-from ..maps import compute_map, label_text, thumbnail, unit_square
+from ..maps import MapError, compute_map, label_text, thumbnail, unit_square
 from ..query import Hit
-from .errors import NotFound, ServeError
+from .errors import Busy, NotFound, ServeError, Stopping
+
+SLOW_MAPS = {"tsne": "t-SNE", "umap": "UMAP"}  # methods whose time grows fast with the points: capped
+MAP_RETRY_AFTER = 2  # seconds a client is asked to wait while another map computes
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class Limits:
     max_steps: int = 100  # interpolation points (at least 2)
     min_sample: int = 10  # points of a map
     max_sample: int = 20_000
+    max_slow_map_sample: int = 5_000  # points of a t-SNE or UMAP map (20,000 took 107 s)
     thumbnail_sizes: tuple[int, int] = (16, 1024)  # a requested size is clamped into this range
     cached_maps: int = 8  # per index
     cached_thumbnails: int = 512
@@ -40,7 +47,9 @@ class Limits:
     def __post_init__(self) -> None:
         rules = {"max_upload_bytes": self.max_upload_bytes >= 1, "max_k": self.max_k >= 1,
                  "max_text": self.max_text >= 1, "max_steps": self.max_steps >= 2, "min_sample": self.min_sample >= 3,
-                 "max_sample": self.max_sample >= self.min_sample, "cached_maps": self.cached_maps >= 1,
+                 "max_sample": self.max_sample >= self.min_sample,
+                 "max_slow_map_sample": self.min_sample <= self.max_slow_map_sample <= self.max_sample,
+                 "cached_maps": self.cached_maps >= 1,
                  "thumbnail_sizes": 1 <= self.thumbnail_sizes[0] <= self.thumbnail_sizes[1]}
         bad = [name for name, ok in rules.items() if not ok]
         if bad:
@@ -56,8 +65,8 @@ class Served:
     lock: threading.Lock = field(default_factory=threading.Lock)
     generation: int = -1
     kinds: dict[str, int] | None = None
-    map_lock: threading.Lock = field(default_factory=threading.Lock)
-    map_index: Index | None = None  # a second handle, so a long map does not hold up searches
+    map_lock: threading.Lock = field(default_factory=threading.Lock)  # guards `maps` (held briefly)
+    map_index: Index | None = None  # used by the one thread computing a map
     maps: OrderedDict = field(default_factory=OrderedDict)
 
     @contextmanager
@@ -73,6 +82,11 @@ class Served:
             self.index.reload_manifest()
             self.generation, self.kinds = generation, None
         _ = self.index.vectors  # loads, or catches up with the store
+
+    def state(self) -> tuple[int, int]:
+        """The generation of the store and the number of items, caught up."""
+        with self.using() as index:
+            return self.generation, index.count()
 
     def thumbnail_url(self, item_id: int, kind: str) -> str | None:
         return f"/api/indexes/{quote(self.name, safe='@')}/items/{item_id}/thumbnail" if kind == "image" else None
@@ -187,6 +201,8 @@ class Api:
     def __init__(self, served: dict[str, Served], limits: Limits, *, public: bool = False):
         self.served, self.limits, self.public = served, limits, public
         self.thumbnails = LRU(limits.cached_thumbnails)
+        self.map_slot = threading.Lock()  # held by the thread computing a map
+        self.computing: tuple[str, str, int, float] = ("", "", 0, 0.0)  # index, method, points, monotonic start
 
     def get(self, name: str) -> Served:
         served = self.served.get(name)
@@ -207,22 +223,50 @@ class Api:
                            "thumbnail": served.thumbnail_url(ids.get(s.key, 0), s.kind)} for s in path],
                 "took_ms": round((time.perf_counter() - started) * 1000, 3)}
 
-    def map(self, served: Served, method: str, sample: int) -> dict:
-        """The cached map of (method, sample), recomputed when the store's generation moved."""
+    async def map(self, served: Served, method: str, sample: int) -> dict:
+        """The map of (method, sample): from the cache while the store's generation is the same, else
+        computed in a thread of its own. One map computes at a time on a server; a request for
+        another meanwhile is refused (Busy, with a time to retry) rather than queued, so map requests
+        hold no worker thread that other routes need, and never hold up a shutdown."""
+        generation, count = await run_in_threadpool(served.state)
+        n = min(sample, count)
         with served.map_lock:
-            if served.map_index is None:
+            cached = served.maps.get((method, n))
+            if cached is not None and cached["generation"] == generation:
+                served.maps.move_to_end((method, n))
+                return cached
+        slow = SLOW_MAPS.get(method)
+        if slow and n > self.limits.max_slow_map_sample:
+            raise MapError(f"a {slow} map on this server takes at most {self.limits.max_slow_map_sample:,} points "
+                           f"(this one would have {n:,}); ask for sample={self.limits.max_slow_map_sample} or "
+                           f"fewer, or use method=pca (up to {self.limits.max_sample:,} points)")
+        if not self.map_slot.acquire(blocking=False):
+            name, what, points, started = self.computing
+            raise Busy(f"a map is being computed on this server ({what} of {points:,} points of {name}, "
+                       f"started {time.monotonic() - started:.0f} s ago) and it computes one at a time; "
+                       f"try again in a few seconds", retry_after=MAP_RETRY_AFTER)
+        self.computing = (served.name, slow or method.upper(), n, time.monotonic())
+        try:
+            return await in_own_thread(self._computed_map, served, method, sample)
+        except asyncio.CancelledError:  # only a stopping server cancels a request: answer it, not a 500
+            asyncio.current_task().uncancel()
+            raise Stopping("the server is stopping; this map was not finished") from None
+
+    def _computed_map(self, served: Served, method: str, sample: int) -> dict:
+        """Compute, cache and return a map, then free the map slot (taken by the caller)."""
+        try:
+            if served.map_index is None:  # a second handle, so a long map does not hold up searches
                 served.map_index = Index.open(served.index.directory)
             index = served.map_index
             generation = index.generation()
-            key = (method, min(sample, index.count()))
-            cached = served.maps.get(key)
-            if cached is None or cached["generation"] != generation:
-                cached = self._map_doc(served, compute_map(index, method=method, sample=sample), generation)
-                served.maps[key] = cached
-            served.maps.move_to_end(key)
-            while len(served.maps) > self.limits.cached_maps:
-                served.maps.popitem(last=False)
-            return cached
+            doc = self._map_doc(served, compute_map(index, method=method, sample=sample), generation)
+            with served.map_lock:
+                served.maps[(method, doc["count"])] = doc
+                while len(served.maps) > self.limits.cached_maps:
+                    served.maps.popitem(last=False)
+            return doc
+        finally:
+            self.map_slot.release()
 
     @staticmethod
     def _map_doc(served: Served, m, generation: int) -> dict:
@@ -245,3 +289,31 @@ class Api:
             raise NotFound(f"the image of item {item_id} is no longer readable as it was indexed "
                            "(moved, changed or replaced); add it again")
         return data
+
+
+async def in_own_thread(function, *args):
+    """await function(*args) run in a new daemon thread, outside the worker threads of the routes: a
+    cancelled wait (a shutdown) returns at once and leaves the thread to finish alone."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result, error) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = function(*args), None
+        except BaseException as e:  # handed to the awaiting request
+            result, error = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop has closed: the server stopped meanwhile
+            pass
+
+    threading.Thread(target=run, name="latent-map", daemon=True).start()
+    return await future

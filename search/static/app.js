@@ -48,7 +48,9 @@
 
   // ---- talking to the API -------------------------------------------------------------
   class ApiError extends Error {
-    constructor(message, status) { super(message); this.name = "ApiError"; this.status = status; }
+    constructor(message, status, retryAfter) {
+      super(message); this.name = "ApiError"; this.status = status; this.retryAfter = retryAfter;
+    }
   }
 
   function messageOf(data, res) {
@@ -85,7 +87,7 @@
     if (!res.ok) {
       let msg = messageOf(data, res);
       if (res.status === 401 && !token) msg += " — open the page with the link `latent serve` printed (it carries ?token=…)";
-      throw new ApiError(msg, res.status);
+      throw new ApiError(msg, res.status, Number(res.headers.get("retry-after")) || 0);
     }
     if (data === null) throw new ApiError("the server sent no JSON (" + (type || "no content type") + ")", res.status);
     return data;
@@ -742,7 +744,17 @@
       status.textContent = "";
       setLoading(true);
       try {
-        const got = await api(indexPath("/map" + query({method: method.value, sample: 2000})), {signal: controller.signal});
+        let got = null;
+        while (got === null) {  // another map is computing on the server (429): wait for it, then ask again
+          try {
+            got = await api(indexPath("/map" + query({method: method.value, sample: 2000})), {signal: controller.signal});
+          } catch (e) {
+            if (!(e instanceof ApiError) || e.status !== 429) throw e;
+            status.textContent = "waiting for another map…";
+            await new Promise((done) => setTimeout(done, 1000 * Math.min(Math.max(e.retryAfter, 1), 30)));
+            if (controller !== pending) return;
+          }
+        }
         if (controller !== pending) return;
         const points = Array.isArray(got.points) ? got.points : [];
         data = {points: points, total: typeof got.total === "number" ? got.total : got.count, method: got.method || method.value};
