@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from latent.indexer.errors import LatentError
+
 from .common import echo_json, flags, progress_bars
 
 
@@ -34,7 +36,7 @@ def serve(directories, host: str, port: int, public: bool, token: str | None, ma
         latent serve photos notes @words
         LATENT_TOKEN=... latent serve photos --host 0.0.0.0 --public
     """
-    from latent.search.server import Limits, serve as run_server  # FastAPI loads with the server only
+    from latent.search.server import Limits, PortInUse, serve as run_server  # FastAPI loads with the server only
 
     progress = progress_bars()
     as_json = flags().json
@@ -49,6 +51,8 @@ def serve(directories, host: str, port: int, public: bool, token: str | None, ma
         run_server(list(directories), host=host, port=port, token=token, public=public,
                    limits=Limits(max_upload_bytes=int(max_upload_mb * 2**20)), max_connections=max_connections,
                    header_timeout=header_timeout, progress=progress, announce=announce)
+    except PortInUse as e:
+        raise LatentError(f"port {e.port} is in use on {e.host}; try --port {e.free or 'N'} (a free one)") from None
     finally:
         progress.close()
 

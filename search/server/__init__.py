@@ -22,9 +22,9 @@ for _library in ("fastapi", "uvicorn", "python_multipart"):
     require(_library, "serve", "latent serve")
 
 from .app import STATIC_DIR, create_app, serve  # noqa: E402
-from .errors import NotFound, ServeError  # noqa: E402
+from .errors import NotFound, PortInUse, ServeError  # noqa: E402
 from .security import check_bind  # noqa: E402
 from .served import Limits, Served, name_indexes, open_served  # noqa: E402
 
-__all__ = ["Limits", "Served", "create_app", "serve", "open_served", "ServeError", "NotFound", "check_bind",
+__all__ = ["Limits", "Served", "create_app", "serve", "open_served", "ServeError", "NotFound", "PortInUse", "check_bind",
            "name_indexes", "STATIC_DIR"]

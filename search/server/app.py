@@ -1,6 +1,8 @@
 """The FastAPI app of `latent serve` put together (error handlers, routes, the page and its
 static files, the Gate), and `serve`, which checks the address and runs it under uvicorn."""
 
+import errno
+import socket
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
@@ -13,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from latent import __version__
 
 from .connections import HEADER_TIMEOUT, MAX_CONNECTIONS, uvicorn_settings
-from .errors import ServeError, add_error_handlers
+from .errors import PortInUse, ServeError, add_error_handlers
 from .routes import build_router
 from .security import Gate, check_bind, check_token, openapi_with_auth
 from .served import Api, Limits, open_served
@@ -72,10 +74,43 @@ def serve(directories: list[str], *, host: str = "127.0.0.1", port: int = 8000, 
     token = token or None
     check_bind(host, public=public, token=token)
     settings = uvicorn_settings(max_connections=max_connections, header_timeout=header_timeout)
-    app = create_app(directories, token=token, limits=limits, public=public, preload=True, progress=progress)
+    sock = bind_port(host, port)  # before the indexes load: a busy port is said at once
+    try:
+        app = create_app(directories, token=token, limits=limits, public=public, preload=True, progress=progress)
+    except BaseException:
+        sock.close()
+        raise
     if announce is not None:
         shown = f"[{host}]" if ":" in host else host
         page = f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
         announce(f"Serving {', '.join(app.state.api.served)} at {page} (API under /api, schema at "
                  f"/openapi.json{'; every request needs the token' if token else ''}); Ctrl-C to stop")
-    uvicorn.run(app, host=host, port=port, **settings)
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, **settings)).run(sockets=[sock])
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) for the server; PortInUse (with a free port to suggest)
+    when another program holds it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno != errno.EADDRINUSE:
+            raise ServeError(f"cannot listen on {host} port {port}: {e.strerror or e}") from None
+        raise PortInUse(host, port, _free_port(family, host, port)) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _free_port(family: int, host: str, busy: int) -> int | None:
+    for candidate in range(busy + 1, min(busy + 50, 65535) + 1):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, candidate))
+                return candidate
+            except OSError:
+                continue
+    return None

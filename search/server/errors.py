@@ -16,6 +16,14 @@ class ServeError(LatentError):
     """The server cannot start as asked (a public address without --public or a token, a broken install)."""
 
 
+class PortInUse(ServeError):
+    """Another program listens on the port asked for."""
+
+    def __init__(self, host: str, port: int, free: int | None):
+        self.host, self.port, self.free = host, port, free
+        super().__init__(f"port {port} is in use on {host}" + (f"; port {free} is free" if free else ""))
+
+
 class NotFound(LatentError):
     """The index, item or key a request names does not exist."""
 

@@ -516,6 +516,23 @@ def test_cli_refuses_public_hosts_without_public_and_a_token(dirs, monkeypatch):
     assert kw["host"] == "127.0.0.1" and kw["public"] is False and kw["limits"].max_upload_bytes == 5 * 2**20
 
 
+def test_a_busy_port_is_one_line_naming_a_free_one(dirs):
+    """It printed "Serving ... at http://..." and then uvicorn's raw [Errno 98], exit 3."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "serve", str(dirs["live"]), "--port", str(port)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        holder.close()
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: port {port} is in use on 127.0.0.1; try --port ")
+    assert "Serving" not in done.stderr + done.stdout and "Errno" not in done.stderr
+
+
 # -- another process writes; concurrency --------------------------------------------------------------------
 def test_commits_of_another_process_are_seen_without_restart(client, dirs, tmp_path):
     before = ok(client.get("/api/indexes/live"))
