@@ -18,7 +18,7 @@ app (create_app and serve). Needs the `[serve]` extra.
 
 from latent.indexer.errors import require
 
-for _library in ("fastapi", "uvicorn", "python_multipart"):
+for _library in ("fastapi", "uvicorn", "python_multipart", "swagger_ui_bundle"):
     require(_library, "serve", "latent serve")
 
 from .app import STATIC_DIR, create_app, serve  # noqa: E402

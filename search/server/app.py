@@ -9,8 +9,10 @@ from urllib.parse import quote
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from latent import __version__
 
@@ -35,7 +37,7 @@ def create_app(directories: list[str], *, token: str | None = None, limits: Limi
     check_token(token)
     page = _page()
     api = Api(open_served(list(directories), preload=preload, progress=progress), limits, public=public)
-    app = FastAPI(title="latent", version=__version__, redoc_url=None,
+    app = FastAPI(title="latent", version=__version__, docs_url=None, redoc_url=None,
                   description="Search and explore the latent spaces of latent indexes.")
     add_error_handlers(app)
     app.include_router(build_router(api, limits, auth_errors=(401,) if token else ()))
@@ -44,8 +46,16 @@ def create_app(directories: list[str], *, token: str | None = None, limits: Limi
     def index_page():
         return HTMLResponse(page)
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs_page():  # Swagger UI from the swagger-ui-bundle package: no CDN, works offline
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="latent API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
     # StaticFiles refuses paths that leave the folder (and symlinks out of it)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
     if token:
         app.openapi = openapi_with_auth(app)
     app.add_middleware(Gate, token=token, max_body=limits.max_upload_bytes, loopback_only=not public)

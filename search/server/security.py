@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, quote, unquote
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import cookie_parser
@@ -17,6 +17,21 @@ from starlette.requests import cookie_parser
 from .errors import ServeError, error_response, too_large
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+PAGES = ("/", "/docs")  # what a person opens in a browser: asked for the token, given its cookie
+# Without the token, the pages answer this form (no script; it sends the token as ?token= to the
+# same page, which then sets the cookie) instead of the API's JSON 401.
+TOKEN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>latent: token needed</title>
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; form-action 'self'">
+<style>body{font:16px system-ui,sans-serif;max-width:34em;margin:4em auto;padding:0 1em}
+input{font:inherit;padding:.3em;width:100%;box-sizing:border-box}button{font:inherit;margin-top:.6em}</style>
+</head><body><h1>latent</h1>
+<p>This server needs its token. It was printed where <code>latent serve</code> was started
+(or set as <code>LATENT_TOKEN</code>).</p>
+<form method="get"><label>Token <input name="token" type="password" autocomplete="current-password"
+required autofocus></label><button type="submit">Open</button></form>
+</body></html>
+"""
 MIN_TOKEN_LENGTH = 16
 COOKIE = "latent_token"  # set by the page for what it loads itself
 
@@ -46,7 +61,7 @@ class Gate:
         refused = self.refusal(scope, headers)
         if refused is not None:
             return await refused(scope, receive, send)
-        cookie = self.token is not None and scope["path"] == "/"
+        cookie = self.token is not None and scope["path"] in PAGES
         return await self.app(scope, self.counting(receive), self.with_headers(send, cookie))
 
     def refusal(self, scope, headers: Headers) -> JSONResponse | None:
@@ -54,6 +69,8 @@ class Gate:
             return error_response(400, f"this server answers only to loopback names ({', '.join(LOOPBACK_NAMES)}, "
                                        "127.0.0.0/8) as it listens on a loopback address; check the address you used")
         if self.token is not None and not self.authorized(scope, headers):
+            if scope["path"] in PAGES and scope["method"] == "GET":  # a person at a browser: ask for the token
+                return HTMLResponse(TOKEN_PAGE, status_code=401, headers={"WWW-Authenticate": "Bearer"})
             return error_response(401, "missing or wrong token: send the header 'Authorization: Bearer <token>' "
                                        "or add ?token=<token> to the URL", {"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length")

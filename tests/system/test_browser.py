@@ -480,3 +480,19 @@ def test_the_standalone_map_of_the_photos_shows_inline_thumbnails(browser, stand
         assert not errors, errors
     finally:
         context.close()
+
+
+def test_docs_render_offline(server, browser):
+    """/docs (Swagger UI) renders the API from the server alone: every request goes to it."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.set_default_timeout(TIMEOUT)
+    page.goto(f"{server}/docs")
+    page.wait_for_selector(".swagger-ui .info .title")
+    page.wait_for_selector(".opblock-summary-path")
+    assert "latent" in page.inner_text(".swagger-ui .info .title")
+    assert requested and all(url.startswith(server) or url.startswith("data:") for url in requested), requested
+    shot(page, "docs")
+    context.close()

@@ -421,6 +421,9 @@ def test_token_is_required_on_every_route(token_base, photo_dir):
     for route in routes:
         for headers in ({}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": TOKEN}):
             status, body = raw_get(token_base, route, headers)
+            if route in ("/", "/docs"):  # the pages a person opens ask for the token in a form
+                assert status == 401 and b'<input name="token" type="password"' in body, (route, status)
+                continue
             assert status == 401 and "token" in json.loads(body)["error"], (route, headers, status)
         status, _ = raw_get(token_base, route + ("&" if "?" in route else "?") + "token=wrong-token-0123456789")
         assert status == 401
@@ -435,6 +438,30 @@ def test_token_is_required_on_every_route(token_base, photo_dir):
         assert set(schema["components"]["securitySchemes"]) == {"bearer", "token", "cookie"}
         assert "401" in schema["paths"]["/api/indexes/{name}/search"]["get"]["responses"]
         assert keys(ok(c.get("/api/indexes/words/search", params={"q": "king", "k": 2, "token": TOKEN})))
+
+
+def test_docs_work_offline(base, token_base):
+    """/docs is Swagger UI from the swagger-ui-bundle package, not from a CDN; with a token it is
+    one of the pages that ask for it."""
+    with httpx.Client(base_url=base, timeout=60) as c:
+        page = c.get("/docs")
+        assert page.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in page.text
+        assert "cdn" not in page.text.lower() and "https://" not in page.text
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+            r = c.get(f"/docs-assets/{asset}")
+            assert r.status_code == 200 and len(r.content) > 10_000
+    with httpx.Client(base_url=token_base, timeout=60) as c:
+        assert c.get("/docs", params={"token": TOKEN}).status_code == 200
+        assert c.get("/docs-assets/swagger-ui.css").status_code == 200  # the cookie /docs set carries the token
+
+
+def test_the_page_without_the_token_asks_for_it(token_base):
+    with httpx.Client(base_url=token_base, timeout=60) as c:
+        page = c.get("/")
+        assert page.status_code == 401 and page.headers["content-type"].startswith("text/html")
+        assert '<form method="get">' in page.text and "LATENT_TOKEN" in page.text
+        assert c.get("/", params={"token": TOKEN}).status_code == 200
+        assert c.get("/api/indexes").status_code == 200  # the form's ?token= set the cookie
 
 
 def test_the_page_hands_its_assets_the_token_in_a_strict_cookie(token_base):
