@@ -327,7 +327,7 @@ def cold_start(runs: int, search_sizes: list[int]) -> dict:
 
     env = {**os.environ, **OFFLINE}
     latent = latent_command()
-    words_dir = latent_cache() / "glove-words"
+    words_dir = latent_cache() / "glove-words-2"
     existed = (words_dir / "latent.db").exists()
     print(f"\n== cold start: whole processes, {runs} timed runs each after one untimed ({' '.join(latent)}) ==")
     first_s, proc = run_process([*latent, "words", "toilet"], env)

@@ -89,16 +89,21 @@ def similar(directory: Path, key: str | None, vector_file: str | None, image_fil
 @click.command()
 @click.argument("word")
 @k_option
-def words(word: str, k: int):
-    """Nearest GloVe words to WORD (builds a cached word index on first use).
+@click.option("--max-rank", type=click.IntRange(0), default=100_000, show_default=True,
+              help="Neighbours among the N most frequent words only (GloVe's rare tokens are noisy); 0: all "
+                   "400,000.")
+def words(word: str, k: int, max_rank: int):
+    """Nearest GloVe words to WORD (builds a cached word index on first use), among the
+    100,000 most frequent words unless --max-rank says otherwise.
 
     \b
     Example:
         latent words toilet -k 5
+        latent words paris --max-rank 0    # every token, rare ones too
     """
     progress = progress_bars()
     try:
-        hits = neighbours(word, k=k, progress=progress)
+        hits = neighbours(word, k=k, progress=progress, max_rank=max_rank or None)
     finally:
         progress.close()
     echo_hits(hits, word=word)

@@ -46,12 +46,14 @@ def _ensure(cls: type[Index], name: str, directory: Path, encoder: str, records:
 
 
 def word_index(*, progress: Progress = _no_progress, cls: type[Index] = Index) -> Index:
-    """The index of all 400,000 GloVe words (keys are the words), built on first use."""
+    """The index of all 400,000 GloVe words (keys are the words, metadata their frequency rank:
+    GloVe's vocabulary is in order of frequency, 1 the most frequent), built on first use."""
     def records():
-        for word in load_glove()[0]:
-            yield Record(text=word, key=word, kind="word", source="glove")
+        for rank, word in enumerate(load_glove()[0], start=1):
+            yield Record(text=word, key=word, kind="word", metadata={"rank": rank}, source="glove", line=rank)
 
-    return _ensure(cls, "@words", cache_dir() / "glove-words", "glove", records, lambda: len(load_glove()[0]),
+    # "-2": the first layout had no ranks; a cache built by it is left alone, not reused
+    return _ensure(cls, "@words", cache_dir() / "glove-words-2", "glove", records, lambda: len(load_glove()[0]),
                    progress, 20_000)
 
 

@@ -131,3 +131,19 @@ def test_shell_completion_works_as_the_readme_says():
                            env={**os.environ, "_LATENT_COMPLETE": "bash_complete", "COMP_WORDS": "latent se",
                                 "COMP_CWORD": "1"})
     assert {"plain,search", "plain,serve"} <= set(words.stdout.split())
+
+
+def test_word_neighbours_are_frequent_words():
+    """`latent words paris` put the crawl token "prohertrib" (rank 129,500) first; the demo's
+    word lists showed tokens like "893-8241". The @words items carry their frequency rank."""
+    out = run("words", "paris", "-k", "5", "--json")
+    hits = __import__("json").loads(out.stdout)["hits"]
+    assert [h["key"] for h in hits][0] == "france" and all(h["metadata"]["rank"] <= 100_000 for h in hits)
+    every = __import__("json").loads(run("words", "paris", "-k", "1", "--json", "--max-rank", "0").stdout)["hits"]
+    assert every[0]["key"] == "prohertrib" and every[0]["metadata"]["rank"] == 129_500
+    from latent.search.words import neighbours
+
+    shown = neighbours("phone", k=20, max_rank=50_000, words_only=True)
+    assert len(shown) == 20 and all(h.metadata["rank"] <= 50_000 and h.key.isascii() for h in shown)
+    assert not any(any(c.isdigit() for c in h.key) for h in shown)
+    assert [h.rank for h in shown] == list(range(1, 21))
