@@ -61,8 +61,16 @@ def _m002_content_hash_index(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX items_content_hash ON items(content_hash)")
 
 
+def _m003_skips_once(db: sqlite_utils.Database) -> None:
+    """Each skip once per (source, line, reason): adding an input again refreshes its rows'
+    time instead of adding rows (the table grew by every run's skips before)."""
+    db.execute("DELETE FROM skipped WHERE id NOT IN "
+               "(SELECT max(id) FROM skipped GROUP BY source, coalesce(line, -1), reason)")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS skipped_once ON skipped(source, coalesce(line, -1), reason)")
+
+
 # Schema migrations, applied in order; PRAGMA user_version counts those applied.
-MIGRATIONS = [_m001_initial, _m002_content_hash_index]
+MIGRATIONS = [_m001_initial, _m002_content_hash_index, _m003_skips_once]
 
 
 def _connect(path: Path) -> sqlite_utils.Database:
@@ -254,9 +262,10 @@ class Store:
         return generation, np.array(ids, dtype=np.int64), [k for k in keys if k not in found]
 
     def record_skips(self, skips: Iterable[tuple[str, int | None, str]]) -> None:
+        """Record (source, line, reason) skips; one seen before only gets the new time."""
         at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         with self.transaction("the record of skipped inputs"):
-            self.db.conn.executemany("INSERT INTO skipped(source, line, reason, at) VALUES (?, ?, ?, ?)",
+            self.db.conn.executemany("INSERT OR REPLACE INTO skipped(source, line, reason, at) VALUES (?, ?, ?, ?)",
                                      [(s, line, reason, at) for s, line, reason in skips])
 
     # -- reads ---------------------------------------------------------------------------------
