@@ -198,6 +198,40 @@ def test_jsonl_bad_lines_are_skipped_with_line_and_reason(index, tmp_path):
     assert_searchable(index, good)
 
 
+def test_skips_are_counted_per_reason_with_a_few_examples_and_recorded_once(index, tmp_path, monkeypatch):
+    """Many bad lines stay in bounded memory (issue "Reliability, round 2", finding 7): the report
+    counts them per kind of reason and keeps SKIP_EXAMPLES of each, in input order, while every
+    skip goes to the store as it comes (in chunks); adding the same file again refreshes its
+    recorded skips instead of adding rows."""
+    import latent.indexer.index as index_module
+    from latent.indexer.records import SKIP_EXAMPLES
+
+    monkeypatch.setattr(index_module, "SKIP_CHUNK", 7)  # several chunks within one add
+    rows = []
+    for n in range(1, 121):
+        rows.append("not json" if n % 3 else {"id": f"w{n}", "text": f"zq{n}zq"} if n % 2 else {"id": f"k{n}"})
+    rows += [{"id": "good", "text": "cat"}]
+    path = write(tmp_path / "bad.jsonl", jsonl(*rows))
+    report = index.add(read_inputs([path], key_field="id"), batch_size=4)
+    assert (report.added, report.skipped) == (1, 120)
+    assert report.skip_counts() == {"malformed JSON (Expecting value at column 1)": 80,
+                                    "... is not in the glove vocabulary": 20, "no field 'text' (text_field chooses "
+                                    "the text column)": 20}
+    examples = report.skip_examples()
+    assert len(examples) == 3 * SKIP_EXAMPLES
+    assert [s.line for s in examples] == sorted(s.line for s in examples)  # in input order
+    assert [s.line for s in examples if s.reason.startswith("malformed")] == [n for n in range(1, 31) if n % 3]
+    assert report.as_dict()["skip_reasons"] == report.skip_counts()
+    assert len(report.as_dict()["skipped_lines"]) == len(examples)
+    stored_skips = {(s["line"], s["reason"]) for s in index.store.skipped(limit=1000)}
+    assert len(stored_skips) == index.store.skipped_count() == 120
+    assert {line for line, _ in stored_skips} == set(range(1, 121))
+
+    again = index.add(read_inputs([path], key_field="id"))
+    assert (again.unchanged, again.skipped) == (1, 120)
+    assert index.store.skipped_count() == 120  # the same file again: the table does not grow
+
+
 def test_csv_bad_rows_are_skipped_with_line_and_reason(index, tmp_path):
     data = (b"key,text,year\n"          # 1 header
             b"a,cat,1999\n"             # 2 good
