@@ -506,6 +506,7 @@ class Index:
                 if rebuilt or self._vectors.generation != self.store.manifest().get("vectors_generation"):
                     self._save_vectors()
                     self._record_tuning()
+            self.store.checkpoint()
         finally:
             self._lock.release()
 
@@ -579,6 +580,7 @@ class Index:
                 batch = []
                 if time.monotonic() - last_save > save_every:
                     self._save_vectors()
+                    self.store.checkpoint()
                     last_save = time.monotonic()
         if batch:
             flush()

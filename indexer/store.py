@@ -73,13 +73,21 @@ def _m003_skips_once(db: sqlite_utils.Database) -> None:
 MIGRATIONS = [_m001_initial, _m002_content_hash_index, _m003_skips_once]
 
 
+BUSY_TIMEOUT_MS = 30_000
+# The -wal file is cut back to this size when it restarts: a reader holding a snapshot during a
+# long add lets it grow (every commit appends until the reader moves on), and SQLite keeps the
+# file's size for reuse otherwise. Writes also end with a checkpoint (Store.checkpoint).
+JOURNAL_SIZE_LIMIT = 32 << 20
+
+
 def _connect(path: Path) -> sqlite_utils.Database:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     db = sqlite_utils.Database(conn)
     if db.journal_mode != "wal":
         db.enable_wal()
     conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
     return db
 
 
@@ -179,6 +187,18 @@ class Store:
         finally:
             self._forget_rows()  # and again: a search in another thread may have read rows meanwhile
         failpoints.hit("commit")
+
+    def checkpoint(self) -> None:
+        """Copy the -wal file into latent.db and truncate it, as far as readers allow and without
+        waiting for them (a reader's snapshot keeps the frames it may read; a later checkpoint
+        takes them). After large writes: the -wal file would otherwise keep its largest size."""
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:  # another connection is checkpointing or writing: it will do
+            pass
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     @contextmanager
     def snapshot(self) -> Iterator["Store"]:
