@@ -339,7 +339,9 @@ class Index:
             elif vindex.generation < generation:
                 self.recovered = f"caught the vector index up from generation {vindex.generation} to {generation}"
                 self._catch_up(vindex)
-        if self.recovered:  # persist the repair so the next open is fast; skipped while a writer is busy
+        if self.recovered and self.store.read_only:  # the repair holds in memory only
+            self.recovered += "; not saved: the index is read-only for this process"
+        elif self.recovered:  # persist the repair so the next open is fast; skipped while a writer is busy
             held = self._lock.held
             if held or self._lock.try_acquire():
                 try:
@@ -443,6 +445,7 @@ class Index:
         """Tune the search parameters to `target_recall` (default: the index's stored target) on
         held-out items, rebuilding the vector index; the target is kept for later re-tuning.
         Returns what was measured (see indexer/tuning.py)."""
+        self.store.require_writable("tuning")
         with self._lock:
             self.manifest = self.store.manifest()
             target = target_recall if target_recall is not None else self.manifest.get("target_recall")
@@ -486,6 +489,7 @@ class Index:
 
     # -- writes ---------------------------------------------------------------------------------
     def _begin_write(self) -> None:
+        self.store.require_writable("writing")  # before the lock: a read-only directory has no write.lock to take
         self._lock.acquire()
         self._pending_skips = []  # (a write the disk failed leaves its skips unrecorded)
         try:
@@ -835,6 +839,7 @@ class Index:
         unreadable metadata is kept as text under `_damaged_metadata`, and a row from a
         generation the store does not know is moved to the current one. Returns what was repaired.
         """
+        self.store.require_writable("rebuilding")
         with self._lock:
             self.manifest = self.store.manifest()
             repaired = self._repair_rows()

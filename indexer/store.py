@@ -8,6 +8,7 @@ so a vector index at an older generation can catch up.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ import numpy as np
 import sqlite_utils
 
 from . import failpoints
-from .errors import FilterError, IndexCorrupt, IndexExists, StorageError
+from .errors import FilterError, IndexCorrupt, IndexExists, ReadOnlyIndex, StorageError
 
 DB_NAME = "latent.db"
 FORMAT_VERSION = 1
@@ -91,6 +92,36 @@ def _connect(path: Path) -> sqlite_utils.Database:
     return db
 
 
+def _writable(path: Path) -> bool:
+    """Whether this process may write the store at `path`: its directory (SQLite creates the
+    -wal and -shm files there, and latent the write lock) and latent.db with its -wal and -shm."""
+    files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+    return os.access(path.parent, os.W_OK) and all(os.access(f, os.W_OK) for f in files if f.exists())
+
+
+def _connect_read_only(path: Path) -> sqlite_utils.Database:
+    """A connection that never writes: `mode=ro`, which reads the -wal through the -shm file of
+    the writers; where there is no -shm (no connection is open) and it cannot be created,
+    `immutable=1`, which reads latent.db as it is (every write ends with a checkpoint that
+    moves the -wal into it), assuming that no writer comes while it is open."""
+    uri = path.resolve().as_uri()
+    try:
+        return _open_uri(f"{uri}?mode=ro")
+    except sqlite3.OperationalError:  # no -shm file, and none can be created
+        return _open_uri(f"{uri}?mode=ro&immutable=1")
+
+
+def _open_uri(uri: str) -> sqlite_utils.Database:
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return sqlite_utils.Database(conn)
+
+
 # SQLite's words for a statement it cannot parse or plan (as opposed to a damaged database)
 _QUERY_TOO_COMPLEX = re.compile(r"parser stack overflow|too large|too many|too deep|depth", re.IGNORECASE)
 ROW_CACHE_BYTES = 64 << 20  # rows of recent hits kept in memory, per open store (see Store.cached_rows)
@@ -111,8 +142,9 @@ def _json_ids(ids: Sequence[int]) -> str:
 class Store:
     """One index directory's SQLite database."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path):
+    def __init__(self, db: sqlite_utils.Database, path: Path, *, read_only: bool = False):
         self.db = db
+        self.read_only = read_only  # opened without write access: every write raises ReadOnlyIndex
         self.conn = db.conn  # the hot read path calls sqlite3 directly (sqlite-utils' execute parses each SQL)
         self.path = path
         self._row_cache: dict[int, tuple] = {}  # rows of hits, valid for one generation (see cached_rows)
@@ -143,12 +175,14 @@ class Store:
     def open(cls, directory: Path) -> "Store":
         path = Path(directory) / DB_NAME
         try:
-            store = cls(_connect(path), path)
+            read_only = not _writable(path)
+            store = cls(_connect_read_only(path) if read_only else _connect(path), path, read_only=read_only)
             if store.db.execute("PRAGMA user_version").fetchone()[0] == 0:  # never migrated: not ours
                 store.close()
                 raise IndexCorrupt(f"{path} is empty or not a latent store; it is the source of truth, "
                                    "so restore it from a backup")
-            store.migrate()
+            if not read_only:  # a reader without write access reads the schema as it is (migrations add indexes)
+                store.migrate()
             missing = {"encoder", "dim", "generation", "index_type"} - set(store.manifest())
             if missing:
                 store.close()
@@ -175,6 +209,7 @@ class Store:
     def transaction(self, what: str) -> Iterator[None]:
         """One write transaction. A failure to write (a full disk, an I/O error) rolls it back
         and raises StorageError saying so; after the commit, the `commit` failpoint."""
+        self.require_writable(what)
         self._forget_rows()
         try:
             with self.db.atomic():
@@ -199,6 +234,13 @@ class Store:
             pass
         finally:
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def require_writable(self, what: str) -> None:
+        """Raise ReadOnlyIndex, naming `what`, when this store was opened without write access."""
+        if self.read_only:
+            raise ReadOnlyIndex(f"{self.path.parent} is read-only for this process (a read-only mount, or no "
+                                f"write permission): {what} needs write access to the directory and {DB_NAME}; "
+                                "searching it works")
 
     @contextmanager
     def snapshot(self) -> Iterator["Store"]:
