@@ -159,13 +159,13 @@ class Index:
         directory = Path(directory)
         if target_recall is not None:
             target_recall = tuning.check_target(target_recall)
-        if (directory / DB_NAME).exists():
+        if Store.holds_store(directory):
             raise IndexExists(f"{directory} already holds an index; open it, or choose another directory")
         enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
         vx.validate_spec(index_type, enc.dim)
         directory.mkdir(parents=True, exist_ok=True)
         with WriteLock(directory):
-            if (directory / DB_NAME).exists():  # again under the lock: another create may have won
+            if Store.holds_store(directory):  # again under the lock: another create may have won
                 raise IndexExists(f"{directory} already holds an index (created by another process meanwhile); "
                                   "open it, or choose another directory")
             store = Store.create(directory, {

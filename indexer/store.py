@@ -158,11 +158,14 @@ class Store:
     def create(cls, directory: Path, manifest: dict) -> "Store":
         path = Path(directory) / DB_NAME
         store = cls(_connect(path), path)
-        store.migrate()
         rows = {**manifest, "format_version": FORMAT_VERSION, "generation": 0,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
-            with store.db.atomic():  # plain INSERTs: an existing manifest is never overwritten
+            # the schema and the manifest in one transaction, so that a create killed midway leaves
+            # an empty file (which a create takes over, see holds_store); plain INSERTs: an existing
+            # manifest is never overwritten
+            with store.db.atomic():
+                store.migrate()
                 store.db.conn.executemany("INSERT INTO manifest(key, value) VALUES (?, ?)",
                                           [(key, json.dumps(value)) for key, value in rows.items()])
         except sqlite3.IntegrityError:
@@ -170,6 +173,22 @@ class Store:
             raise IndexExists(f"{directory} already holds an index (created by another process meanwhile); "
                               "open it, or choose another directory") from None
         return store
+
+    @staticmethod
+    def holds_store(directory: Path) -> bool:
+        """Whether `directory` holds a store: a latent.db with a schema (not the empty file that a
+        create killed before its commit leaves), or a file SQLite cannot read (never replaced)."""
+        path = Path(directory) / DB_NAME
+        if not path.exists():
+            return False
+        try:
+            conn = sqlite3.connect(str(path), timeout=30)
+            try:
+                return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError:
+            return True
 
     @classmethod
     def open(cls, directory: Path) -> "Store":
@@ -179,8 +198,8 @@ class Store:
             store = cls(_connect_read_only(path) if read_only else _connect(path), path, read_only=read_only)
             if store.db.execute("PRAGMA user_version").fetchone()[0] == 0:  # never migrated: not ours
                 store.close()
-                raise IndexCorrupt(f"{path} is empty or not a latent store; it is the source of truth, "
-                                   "so restore it from a backup")
+                raise IndexCorrupt(f"{path} is empty or not a latent store; if its create was interrupted, create "
+                                   "the index again, else restore it from a backup (it is the source of truth)")
             if not read_only:  # a reader without write access reads the schema as it is (migrations add indexes)
                 store.migrate()
             missing = {"encoder", "dim", "generation", "index_type"} - set(store.manifest())
