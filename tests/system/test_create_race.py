@@ -4,10 +4,14 @@ one wins, the other gets IndexExists, and the winner's committed items stay read
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from latent.indexer import Index
+from latent.indexer.errors import IndexExists
 
 CHILD = r"""
 import sys, time
@@ -54,12 +58,6 @@ def test_two_concurrent_creates_one_wins(tmp_path):
 def test_create_takes_over_the_empty_file_of_a_killed_create(tmp_path):
     """A create killed before its one commit (schema and manifest together) leaves an empty
     latent.db: a later create takes it over, while a database with tables is never replaced."""
-    import sqlite3
-
-    import pytest
-
-    from latent.indexer.errors import IndexExists
-
     leftover = tmp_path / "leftover"
     leftover.mkdir()
     sqlite3.connect(str(leftover / "latent.db")).execute("PRAGMA journal_mode = wal").fetchall()
