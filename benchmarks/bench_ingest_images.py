@@ -90,7 +90,7 @@ def main() -> None:
             report = index.add(read_inputs([str(work / "photos")]), batch_size=args.batch_size)
             elapsed = time.perf_counter() - started
             if report.added != len(paths) or report.skipped or index.count() != len(paths):
-                raise SystemExit(f"check failed: added {report.added}, skipped {len(report.skipped)}")
+                raise SystemExit(f"check failed: added {report.added}, skipped {report.skipped}")
             index.close()
             shutil.rmtree(directory)
             return len(paths) / elapsed

@@ -95,7 +95,8 @@ class Group(click.Group):
                        "from a backup (`latent check` reports what it can)", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("Interrupted; every batch reported as committed is kept.", err=True)
+            click.echo("Interrupted; every batch reported as committed is kept (the vectors file catches up "
+                       "with them when the index is next opened).", err=True)
             ctx.exit(130)
         except BrokenPipeError:  # `latent ... | head`: the reader left; say nothing more
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -11,6 +11,7 @@ import click
 
 from latent.indexer import Index, read_inputs
 from latent.indexer.readers import check_inputs
+from latent.indexer.records import SKIP_EXAMPLES
 from .common import cell, echo_json, flags, index_dir, open_index, progress_bars
 
 
@@ -85,16 +86,23 @@ def add(directory: Path, inputs, fmt, text_field, key_field, batch_size, encoder
         echo_json({**report.as_dict(), "count": count, "seconds": round(elapsed, 3)})
         return
     click.echo(f"Added {report.added}, replaced {report.replaced}, metadata updated {report.metadata_updated}, "
-               f"unchanged {report.unchanged}, skipped {len(report.skipped)} "
+               f"unchanged {report.unchanged}, skipped {report.skipped} "
                f"({len(report.committed)} batches committed in {elapsed:.1f}s); {count} items in {directory}")
     if report.skipped:
-        click.echo(f"Skipped {len(report.skipped)} input(s):", err=True)
-        for s in report.skipped[:50]:
-            where = f"{s.source}:{s.line}" if s.line else s.source
-            click.echo(f"  {where}: {s.reason}", err=True)
-        if len(report.skipped) > 50:
-            click.echo(f"  ... and {len(report.skipped) - 50} more (all are kept in the index's skipped table)",
-                       err=True)
+        echo_skips(report)
+
+
+def echo_skips(report) -> None:
+    """On stderr: the skips of an add per reason, then the examples kept, in input order."""
+    click.echo(f"Skipped {report.skipped:,} input(s):", err=True)
+    for reason, n in report.skip_counts().items():
+        click.echo(f"  {n:>9,}  {reason}", err=True)
+    examples = report.skip_examples()
+    click.echo(f"{'Examples' if len(examples) < report.skipped else 'Each'} (at most {SKIP_EXAMPLES} per reason; all "
+               "are kept in the index's skipped table):", err=True)
+    for s in examples:
+        where = f"{s.source}:{s.line}" if s.line else s.source
+        click.echo(f"  {where}: {s.reason}", err=True)
 
 
 @click.command()

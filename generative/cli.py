@@ -161,8 +161,8 @@ def vae_encode(model: Path, directory: Path, data, index_type: str, batch_size):
     encoder = load_vae_encoder(model)
     progress = progress_bars()
     started = time.perf_counter()
-    added = replaced = unchanged = 0
-    skipped = []
+    added = replaced = unchanged = skipped = 0
+    examples = []
     with open_index(directory, encoder, index_type=index_type) as index:
         try:
             for source in data:
@@ -172,18 +172,19 @@ def vae_encode(model: Path, directory: Path, data, index_type: str, batch_size):
                     report = add_images(index, [source], batch_size=batch_size, progress=progress)
                 added, replaced, unchanged = (added + report.added, replaced + report.replaced,
                                               unchanged + report.unchanged)
-                skipped.extend(report.skipped)
+                skipped += report.skipped
+                examples.extend(report.skip_examples())
         finally:
             progress.close()
         count = index.count()
     elapsed = time.perf_counter() - started
     if flags().json:
         echo_json({"encoder": encoder.name, "added": added, "replaced": replaced, "unchanged": unchanged,
-                   "skipped": len(skipped), "count": count, "seconds": round(elapsed, 3)})
+                   "skipped": skipped, "count": count, "seconds": round(elapsed, 3)})
         return
-    click.echo(f"Added {added}, replaced {replaced}, unchanged {unchanged}, skipped {len(skipped)} in "
+    click.echo(f"Added {added}, replaced {replaced}, unchanged {unchanged}, skipped {skipped} in "
                f"{elapsed:.1f}s; {count} items in {directory} (encoder {encoder.name}, {encoder.dim}-d)")
-    for s in skipped[:20]:
+    for s in examples[:20]:
         click.echo(f"  {s.source}: {s.reason}", err=True)
 
 

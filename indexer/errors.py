@@ -57,6 +57,10 @@ class StorageError(LatentError):
     """Writing the index to disk failed (disk full, I/O error); what was committed is kept."""
 
 
+class ReadOnlyIndex(LatentError):
+    """A write to an index this process may only read (a read-only mount, no write permission)."""
+
+
 class MissingExtra(LatentError):
     """An optional part of latent needs a package that is not installed."""
 

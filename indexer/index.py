@@ -23,30 +23,47 @@ from .filters import filter_fields, parse_where
 from .images import ImageRefused, prefetch, prepare
 from .lock import WriteLock, env_seconds
 from .readers import as_items, records_from_texts
-from .records import Item, Record, Skip, content_hash
+from .records import Item, Record, Skip, SkipTally, content_hash
 from .store import DB_NAME, SeenKeys, Store
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, advanced by, total or None)
 OnCommit = Callable[[int, int], None]  # (generation, items in the batch), once the batch is durable
 SAVE_EVERY_S: float | None = None  # how often a long add saves vectors.faiss; None: $LATENT_SAVE_EVERY_S or 60
+SKIP_CHUNK = 10_000  # skips written to the store together, in one transaction
 
 
 @dataclass
 class IngestReport:
-    """What one `add` did. `committed` lists (generation, items) per committed batch."""
+    """What one `add` did. `committed` lists (generation, items) per committed batch; `skips`
+    counts the inputs left out per reason and keeps a few of each as examples (all of them
+    are recorded in the store's skipped table as they come, not held in memory)."""
 
     added: int = 0
     replaced: int = 0
     metadata_updated: int = 0
     unchanged: int = 0
-    skipped: list[Skip] = field(default_factory=list)
+    skips: SkipTally = field(default_factory=SkipTally)
     committed: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """How many inputs were left out."""
+        return self.skips.total
+
+    def skip_counts(self) -> dict[str, int]:
+        """{reason: inputs left out for it}, most first."""
+        return self.skips.counts()
+
+    def skip_examples(self) -> list[Skip]:
+        """Up to SKIP_EXAMPLES skips per reason, in input order."""
+        return self.skips.examples()
 
     def as_dict(self) -> dict:
         return {
             "added": self.added, "replaced": self.replaced, "metadata_updated": self.metadata_updated,
-            "unchanged": self.unchanged, "skipped": len(self.skipped), "batches": len(self.committed),
-            "skipped_lines": [{"source": s.source, "line": s.line, "reason": s.reason} for s in self.skipped],
+            "unchanged": self.unchanged, "skipped": self.skipped, "batches": len(self.committed),
+            "skip_reasons": self.skip_counts(),
+            "skipped_lines": [{"source": s.source, "line": s.line, "reason": s.reason} for s in self.skip_examples()],
         }
 
 
@@ -128,6 +145,7 @@ class Index:
         self._lock = WriteLock(self.directory)
         self.recovered: str | None = None  # what opening had to repair, if anything
         self._tuned: dict | None = None  # measured by the last build with tuning, until stored
+        self._pending_skips: list[tuple[str, int | None, str]] = []  # counted, not yet in the store
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -141,13 +159,13 @@ class Index:
         directory = Path(directory)
         if target_recall is not None:
             target_recall = tuning.check_target(target_recall)
-        if (directory / DB_NAME).exists():
+        if Store.holds_store(directory):
             raise IndexExists(f"{directory} already holds an index; open it, or choose another directory")
         enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
         vx.validate_spec(index_type, enc.dim)
         directory.mkdir(parents=True, exist_ok=True)
         with WriteLock(directory):
-            if (directory / DB_NAME).exists():  # again under the lock: another create may have won
+            if Store.holds_store(directory):  # again under the lock: another create may have won
                 raise IndexExists(f"{directory} already holds an index (created by another process meanwhile); "
                                   "open it, or choose another directory")
             store = Store.create(directory, {
@@ -336,7 +354,9 @@ class Index:
             elif vindex.generation < generation:
                 self.recovered = f"caught the vector index up from generation {vindex.generation} to {generation}"
                 self._catch_up(vindex)
-        if self.recovered:  # persist the repair so the next open is fast; skipped while a writer is busy
+        if self.recovered and self.store.read_only:  # the repair holds in memory only
+            self.recovered += "; not saved: the index is read-only for this process"
+        elif self.recovered:  # persist the repair so the next open is fast; skipped while a writer is busy
             held = self._lock.held
             if held or self._lock.try_acquire():
                 try:
@@ -456,6 +476,7 @@ class Index:
         """Tune the search parameters to `target_recall` (default: the index's stored target) on
         held-out items, rebuilding the vector index; the target is kept for later re-tuning.
         Returns what was measured (see indexer/tuning.py)."""
+        self.store.require_writable("tuning")
         with self._lock:
             self.manifest = self.store.manifest()
             target = target_recall if target_recall is not None else self.manifest.get("target_recall")
@@ -499,7 +520,9 @@ class Index:
 
     # -- writes ---------------------------------------------------------------------------------
     def _begin_write(self) -> None:
+        self.store.require_writable("writing")  # before the lock: a read-only directory has no write.lock to take
         self._lock.acquire()
+        self._pending_skips = []  # (a write the disk failed leaves its skips unrecorded)
         try:
             self.manifest = self.store.manifest()
             _ = self.vectors  # load and catch up under the lock
@@ -518,6 +541,7 @@ class Index:
                 if rebuilt or self._vectors.generation != self.store.manifest().get("vectors_generation"):
                     self._save_vectors()
                     self._record_tuning()
+            self.store.checkpoint()
         finally:
             self._lock.release()
 
@@ -535,7 +559,9 @@ class Index:
         called; the vector index follows in memory and is saved at the end (and every
         SAVE_EVERY_S seconds on long runs). Images are read, hashed, decoded and preprocessed
         in worker threads ahead of the model. When a batch fails (a full disk), the batches
-        committed before it are kept and the error says how many there were.
+        committed before it are kept and the error says how many there were. A KeyboardInterrupt
+        ends the add at once: committed batches are kept, and the vectors file catches up with
+        them when the index is next opened.
         """
         if encoder is not None:
             self.check_encoder(encoder)
@@ -575,12 +601,12 @@ class Index:
 
         for item in items:
             if isinstance(item, Skip):
-                report.skipped.append(item)
+                self._skip(report, item)
                 progress("add", 1, total)
                 continue
             self._check_modality(item)
             if item.kind != "image" and (not item.text or not item.text.strip()):
-                report.skipped.append(Skip(item.source, item.line, "empty text"))
+                self._skip(report, Skip(item.source, item.line, "empty text"))
                 progress("add", 1, total)
                 continue
             batch.append(item)
@@ -589,6 +615,7 @@ class Index:
                 batch = []
                 if time.monotonic() - last_save > save_every:
                     self._save_vectors()
+                    self.store.checkpoint()
                     last_save = time.monotonic()
         if batch:
             flush()
@@ -604,7 +631,10 @@ class Index:
         except (StorageError, OSError):  # the disk failed: write nothing more (the next open repairs)
             self._lock.release()
             raise
-        except BaseException:  # an interrupt or a bad input: keep what was done, save it if possible
+        except KeyboardInterrupt:  # be prompt: no rebuild, no tuning, no save (see _interrupted)
+            self._interrupted()
+            raise
+        except BaseException:  # a bad input: keep what was done, save it if possible
             try:
                 self._finish_write(report, progress)
             except (StorageError, OSError):
@@ -612,12 +642,36 @@ class Index:
             raise
         self._finish_write(report, progress)
 
+    def _interrupted(self) -> None:
+        """After Ctrl-C: what is committed stays, and the skips counted are recorded (one small
+        transaction). The vector index is neither rebuilt, tuned nor saved (saving a large one
+        takes minutes): the interrupt may have left it half-updated in memory, so it is dropped,
+        and the vectors file, derived from the store, catches up when the index is next opened."""
+        self._vectors = None
+        try:
+            self._record_skips()
+        except (StorageError, OSError):
+            pass
+        finally:
+            self._lock.release()
+
     def _finish_write(self, report: IngestReport | None, progress: Progress) -> None:
         try:
-            if report is not None and report.skipped:
-                self.store.record_skips((s.source, s.line, s.reason) for s in report.skipped)
+            self._record_skips()
         finally:
             self._end_write(progress)
+
+    def _skip(self, report: IngestReport, skip: Skip) -> None:
+        """Count a skip in the report and record it in the store (every SKIP_CHUNK skips, and at the end)."""
+        report.skips.add(skip)
+        self._pending_skips.append((skip.source, skip.line, skip.reason))
+        if len(self._pending_skips) >= SKIP_CHUNK:
+            self._record_skips()
+
+    def _record_skips(self) -> None:
+        pending, self._pending_skips = self._pending_skips, []
+        if pending:
+            self.store.record_skips(pending)
 
     def _check_modality(self, record: Record) -> None:
         modality = "image" if record.kind == "image" else ("word" if record.kind == "word" else "text")
@@ -634,7 +688,7 @@ class Index:
         """(content hash, metadata, preprocessed image or None) of a record; None when it is skipped."""
         if rec.kind != "image":
             if not _is_unicode(rec.text):
-                report.skipped.append(Skip(rec.source, rec.line, "the text is not valid Unicode (it holds a lone "
+                self._skip(report, Skip(rec.source, rec.line, "the text is not valid Unicode (it holds a lone "
                                            f"surrogate): {_shown(rec.text)}"))
                 return None
             return content_hash(rec.text), rec.metadata, None
@@ -642,7 +696,7 @@ class Index:
             prepared = rec.prepared.result() if rec.prepared is not None else \
                 prepare(rec, self.encoder.preprocess)
         except ImageRefused as e:
-            report.skipped.append(Skip(rec.source, rec.line, str(e)))
+            self._skip(report, Skip(rec.source, rec.line, str(e)))
             return None
         return prepared.sha256, {**prepared.metadata, **rec.metadata}, prepared.array
 
@@ -656,20 +710,20 @@ class Index:
             try:
                 meta = metadata_json(metadata)
             except InputError as e:
-                report.skipped.append(Skip(rec.source, rec.line, str(e)))
+                self._skip(report, Skip(rec.source, rec.line, str(e)))
                 continue
             key = rec.key if rec.key is not None else rec_hash[:20]
             if not key or "\0" in key or not _is_unicode(key):
-                report.skipped.append(Skip(rec.source, rec.line, "the key is empty, contains a NUL character or is "
+                self._skip(report, Skip(rec.source, rec.line, "the key is empty, contains a NUL character or is "
                                            f"not valid Unicode: {_shown(key)}"))
                 continue
             if key in by_key:
-                report.skipped.append(Skip(rec.source, rec.line, _duplicate(rec, key, by_key[key][0])))
+                self._skip(report, Skip(rec.source, rec.line, _duplicate(rec, key, by_key[key][0])))
                 continue
             by_key[key] = (rec, rec_hash, meta, array)
         for key, (source, line) in seen.earlier(list(by_key)).items():  # an earlier batch of this input had it
             rec = by_key.pop(key)[0]
-            report.skipped.append(Skip(rec.source, rec.line, _duplicate(rec, key, Record("", source=source, line=line))))
+            self._skip(report, Skip(rec.source, rec.line, _duplicate(rec, key, Record("", source=source, line=line))))
         self._skip_duplicate_images(by_key, report)
         existing = self.store.lookup(list(by_key))
         to_encode: list[tuple[str, Record, np.ndarray | None]] = []
@@ -690,7 +744,7 @@ class Index:
         zero = ~vectors.any(axis=1)
         if zero.any():  # no direction to search by: such an item could never be found
             for (_, rec, _) in [t for t, z in zip(to_encode, zero) if z]:
-                report.skipped.append(Skip(rec.source, rec.line, "the encoder gave it a zero vector"))
+                self._skip(report, Skip(rec.source, rec.line, "the encoder gave it a zero vector"))
             to_encode[:] = [t for t, z in zip(to_encode, zero) if not z]
             extra = [e for e, z in zip(extra, zero) if not z]
             vectors = vectors[~zero]
@@ -725,7 +779,7 @@ class Index:
                 continue
             owner = owners.setdefault(rec_hash, key)
             if owner != key:
-                report.skipped.append(Skip(rec.source, rec.line, f"same content as {owner!r}, stored once"))
+                self._skip(report, Skip(rec.source, rec.line, f"same content as {owner!r}, stored once"))
                 del by_key[key]
 
     def _encode_records(self, to_encode: list[tuple[str, Record, np.ndarray | None]],
@@ -738,7 +792,7 @@ class Index:
         except OutOfVocabulary as e:
             bad = set(e.words)
             for _, rec, _ in [t for t in to_encode if t[2] is None and t[1].text in bad]:
-                report.skipped.append(Skip(rec.source, rec.line,
+                self._skip(report, Skip(rec.source, rec.line,
                                            f"{rec.text!r} is not in the {self.encoder_name} vocabulary"))
             to_encode[:] = [t for t in to_encode if t[2] is not None or t[1].text not in bad]
             text_vectors = self.encoder.encode([rec.text for _, rec, array in to_encode if array is None])
@@ -816,6 +870,7 @@ class Index:
         unreadable metadata is kept as text under `_damaged_metadata`, and a row from a
         generation the store does not know is moved to the current one. Returns what was repaired.
         """
+        self.store.require_writable("rebuilding")
         with self._lock:
             self.manifest = self.store.manifest()
             repaired = self._repair_rows()

@@ -8,6 +8,7 @@ so a vector index at an older generation can catch up.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ import numpy as np
 import sqlite_utils
 
 from . import failpoints
-from .errors import FilterError, IndexCorrupt, IndexExists, StorageError
+from .errors import FilterError, IndexCorrupt, IndexExists, ReadOnlyIndex, StorageError
 
 DB_NAME = "latent.db"
 FORMAT_VERSION = 1
@@ -61,18 +62,64 @@ def _m002_content_hash_index(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX items_content_hash ON items(content_hash)")
 
 
+def _m003_skips_once(db: sqlite_utils.Database) -> None:
+    """Each skip once per (source, line, reason): adding an input again refreshes its rows'
+    time instead of adding rows (the table grew by every run's skips before)."""
+    db.execute("DELETE FROM skipped WHERE id NOT IN "
+               "(SELECT max(id) FROM skipped GROUP BY source, coalesce(line, -1), reason)")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS skipped_once ON skipped(source, coalesce(line, -1), reason)")
+
+
 # Schema migrations, applied in order; PRAGMA user_version counts those applied.
-MIGRATIONS = [_m001_initial, _m002_content_hash_index]
+MIGRATIONS = [_m001_initial, _m002_content_hash_index, _m003_skips_once]
+
+
+BUSY_TIMEOUT_MS = 30_000
+# The -wal file is cut back to this size when it restarts: a reader holding a snapshot during a
+# long add lets it grow (every commit appends until the reader moves on), and SQLite keeps the
+# file's size for reuse otherwise. Writes also end with a checkpoint (Store.checkpoint).
+JOURNAL_SIZE_LIMIT = 32 << 20
 
 
 def _connect(path: Path) -> sqlite_utils.Database:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     db = sqlite_utils.Database(conn)
     if db.journal_mode != "wal":
         db.enable_wal()
     conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
     return db
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write the store at `path`: its directory (SQLite creates the
+    -wal and -shm files there, and latent the write lock) and latent.db with its -wal and -shm."""
+    files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+    return os.access(path.parent, os.W_OK) and all(os.access(f, os.W_OK) for f in files if f.exists())
+
+
+def _connect_read_only(path: Path) -> sqlite_utils.Database:
+    """A connection that never writes: `mode=ro`, which reads the -wal through the -shm file of
+    the writers; where there is no -shm (no connection is open) and it cannot be created,
+    `immutable=1`, which reads latent.db as it is (every write ends with a checkpoint that
+    moves the -wal into it), assuming that no writer comes while it is open."""
+    uri = path.resolve().as_uri()
+    try:
+        return _open_uri(f"{uri}?mode=ro")
+    except sqlite3.OperationalError:  # no -shm file, and none can be created
+        return _open_uri(f"{uri}?mode=ro&immutable=1")
+
+
+def _open_uri(uri: str) -> sqlite_utils.Database:
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return sqlite_utils.Database(conn)
 
 
 # SQLite's words for a statement it cannot parse or plan (as opposed to a damaged database)
@@ -95,8 +142,9 @@ def _json_ids(ids: Sequence[int]) -> str:
 class Store:
     """One index directory's SQLite database."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path):
+    def __init__(self, db: sqlite_utils.Database, path: Path, *, read_only: bool = False):
         self.db = db
+        self.read_only = read_only  # opened without write access: every write raises ReadOnlyIndex
         self.conn = db.conn  # the hot read path calls sqlite3 directly (sqlite-utils' execute parses each SQL)
         self.path = path
         self._row_cache: dict[int, tuple] = {}  # rows of hits, valid for one generation (see cached_rows)
@@ -110,11 +158,14 @@ class Store:
     def create(cls, directory: Path, manifest: dict) -> "Store":
         path = Path(directory) / DB_NAME
         store = cls(_connect(path), path)
-        store.migrate()
         rows = {**manifest, "format_version": FORMAT_VERSION, "generation": 0,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
-            with store.db.atomic():  # plain INSERTs: an existing manifest is never overwritten
+            # the schema and the manifest in one transaction, so that a create killed midway leaves
+            # an empty file (which a create takes over, see holds_store); plain INSERTs: an existing
+            # manifest is never overwritten
+            with store.db.atomic():
+                store.migrate()
                 store.db.conn.executemany("INSERT INTO manifest(key, value) VALUES (?, ?)",
                                           [(key, json.dumps(value)) for key, value in rows.items()])
         except sqlite3.IntegrityError:
@@ -123,16 +174,34 @@ class Store:
                               "open it, or choose another directory") from None
         return store
 
+    @staticmethod
+    def holds_store(directory: Path) -> bool:
+        """Whether `directory` holds a store: a latent.db with a schema (not the empty file that a
+        create killed before its commit leaves), or a file SQLite cannot read (never replaced)."""
+        path = Path(directory) / DB_NAME
+        if not path.exists():
+            return False
+        try:
+            conn = sqlite3.connect(str(path), timeout=30)
+            try:
+                return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError:
+            return True
+
     @classmethod
     def open(cls, directory: Path) -> "Store":
         path = Path(directory) / DB_NAME
         try:
-            store = cls(_connect(path), path)
+            read_only = not _writable(path)
+            store = cls(_connect_read_only(path) if read_only else _connect(path), path, read_only=read_only)
             if store.db.execute("PRAGMA user_version").fetchone()[0] == 0:  # never migrated: not ours
                 store.close()
-                raise IndexCorrupt(f"{path} is empty or not a latent store; it is the source of truth, "
-                                   "so restore it from a backup")
-            store.migrate()
+                raise IndexCorrupt(f"{path} is empty or not a latent store; if its create was interrupted, create "
+                                   "the index again, else restore it from a backup (it is the source of truth)")
+            if not read_only:  # a reader without write access reads the schema as it is (migrations add indexes)
+                store.migrate()
             missing = {"encoder", "dim", "generation", "index_type"} - set(store.manifest())
             if missing:
                 store.close()
@@ -159,6 +228,7 @@ class Store:
     def transaction(self, what: str) -> Iterator[None]:
         """One write transaction. A failure to write (a full disk, an I/O error) rolls it back
         and raises StorageError saying so; after the commit, the `commit` failpoint."""
+        self.require_writable(what)
         self._forget_rows()
         try:
             with self.db.atomic():
@@ -171,6 +241,25 @@ class Store:
         finally:
             self._forget_rows()  # and again: a search in another thread may have read rows meanwhile
         failpoints.hit("commit")
+
+    def checkpoint(self) -> None:
+        """Copy the -wal file into latent.db and truncate it, as far as readers allow and without
+        waiting for them (a reader's snapshot keeps the frames it may read; a later checkpoint
+        takes them). After large writes: the -wal file would otherwise keep its largest size."""
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:  # another connection is checkpointing or writing: it will do
+            pass
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def require_writable(self, what: str) -> None:
+        """Raise ReadOnlyIndex, naming `what`, when this store was opened without write access."""
+        if self.read_only:
+            raise ReadOnlyIndex(f"{self.path.parent} is read-only for this process (a read-only mount, or no "
+                                f"write permission): {what} needs write access to the directory and {DB_NAME}; "
+                                "searching it works")
 
     @contextmanager
     def snapshot(self) -> Iterator["Store"]:
@@ -254,9 +343,10 @@ class Store:
         return generation, np.array(ids, dtype=np.int64), [k for k in keys if k not in found]
 
     def record_skips(self, skips: Iterable[tuple[str, int | None, str]]) -> None:
+        """Record (source, line, reason) skips; one seen before only gets the new time."""
         at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         with self.transaction("the record of skipped inputs"):
-            self.db.conn.executemany("INSERT INTO skipped(source, line, reason, at) VALUES (?, ?, ?, ?)",
+            self.db.conn.executemany("INSERT OR REPLACE INTO skipped(source, line, reason, at) VALUES (?, ?, ?, ?)",
                                      [(s, line, reason, at) for s, line, reason in skips])
 
     # -- reads ---------------------------------------------------------------------------------

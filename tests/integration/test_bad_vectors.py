@@ -88,7 +88,7 @@ def test_an_encoder_giving_a_zero_vector_is_a_skip_not_an_item(tmp_path):
     with Index.create(tmp_path / "blind", encoder=blind) as index:
         report = index.add([Record(text=w, key=w, kind="word") for w in ("king", "zebra", "queen")])
         assert report.added == 2
-        assert [(s.line, s.reason) for s in report.skipped] == [(None, "the encoder gave it a zero vector")]
+        assert [(s.line, s.reason) for s in report.skip_examples()] == [(None, "the encoder gave it a zero vector")]
         assert sorted(index.store.lookup(["king", "zebra", "queen"])) == ["king", "queen"]
         assert index.check()["ok"]
 

@@ -532,5 +532,5 @@ def test_nul_in_metadata_or_keys_is_refused(tmp_path):
                      '{"id": "d", "text": "prince", "v": "ok"}\n')
     with Index.open(tmp_path / "nul") as index:
         report = index.add(read_inputs([str(lines)], key_field="id"))
-        assert report.added == 1 and len(report.skipped) == 2
-        assert all("NUL" in s.reason for s in report.skipped), report.skipped
+        assert report.added == 1 and report.skipped == 2
+        assert all("NUL" in s.reason for s in report.skip_examples()), report.as_dict()

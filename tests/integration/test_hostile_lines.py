@@ -31,8 +31,8 @@ def test_hostile_jsonl_line_is_skipped_and_the_rest_stored(tmp_path, name):
     ix = latent.create(tmp_path / "idx", encoder="glove")
     for key_field in (None, "id"):
         report = ix.add(latent.read_inputs([str(source)], key_field=key_field))
-        assert [s.line for s in report.skipped] == [2], report.skipped
-        assert report.skipped[0].reason
+        assert [s.line for s in report.skip_examples()] == [2], report.as_dict()
+        assert report.skip_examples()[0].reason
     texts = sorted(row["text"] for row in ix.fetch(ix.ids()).values())
     assert texts == sorted(["the first good line", "the second good line"] * 2)
 
@@ -42,7 +42,7 @@ def test_huge_csv_number_is_a_skipped_line(tmp_path):
     source.write_text("text,n\ngood one,1\nhuge," + "9" * 5000 + "\ngood two,2\n", encoding="utf-8")
     ix = latent.create(tmp_path / "idx", encoder="glove")
     report = ix.add(latent.read_inputs([str(source)]))
-    assert [(s.line, s.reason) for s in report.skipped] == [(3, "a number of more than 4,300 digits")]
+    assert [(s.line, s.reason) for s in report.skip_examples()] == [(3, "a number of more than 4,300 digits")]
     assert report.added == 2
     assert {row["metadata"]["n"] for row in ix.fetch(ix.ids()).values()} == {1, 2}
 
@@ -51,7 +51,7 @@ def test_api_items_with_surrogates_are_skipped(tmp_path):
     ix = latent.create(tmp_path / "idx", encoder="glove")
     report = ix.add(["good", "bad \ud800", {"text": "fine", "key": "\udfff"},
                      {"text": "meta", "metadata": {"a": ["\ud800"]}}])
-    assert report.added == 1 and [s.line for s in report.skipped] == [2, 3, 4]
+    assert report.added == 1 and [s.line for s in report.skip_examples()] == [2, 3, 4]
 
 
 def test_cli_add_reports_the_skips_and_exits_0(tmp_path):

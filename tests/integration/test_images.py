@@ -155,7 +155,7 @@ def test_ingest_hostile_folder_loses_nothing(photo_dir, tmp_path):
     first = index.add(read_inputs([str(photo_dir / "rocket.jpg")]))
     assert first.added == 1
     report = index.add(read_inputs([str(photo_dir)]))
-    skipped = {Path(s.source).name: s.reason for s in report.skipped}
+    skipped = {Path(s.source).name: s.reason for s in report.skip_examples()}
     for name, reason in EXPECTED_SKIPS.items():
         assert reason in skipped.pop(name), (name, skipped)
     assert skipped == {}

@@ -86,7 +86,7 @@ def test_lines_format_strips_and_numbers_lines(tmp_path):
 def test_lines_default_keys_are_content_hashes(index, tmp_path):
     path = write(tmp_path / "in.txt", "cat\nthe dog\n\nred fish\n")
     report = index.add(read_inputs([path]))
-    assert (report.added, report.skipped) == (3, [])
+    assert (report.added, report.skipped) == (3, 0)
     texts = ["cat", "the dog", "red fish"]
     keys = {content_hash(t)[:20]: t for t in texts}
     assert set(index.store.lookup(list(keys))) == set(keys)
@@ -174,7 +174,7 @@ def test_jsonl_bad_lines_are_skipped_with_line_and_reason(index, tmp_path):
     report = index.add(read_inputs([path], key_field="id"), batch_size=2)
     assert report.added == 4
     assert (report.replaced, report.metadata_updated, report.unchanged) == (0, 0, 0)
-    skips = sorted(skips_of(report.skipped))
+    skips = sorted(skips_of(report.skip_examples()))
     assert [line for line, _ in skips] == [2, 3, 5, 6, 7, 9, 10, 11, 12, 13]
     reasons = dict(skips)
     assert reasons[2].startswith("malformed JSON") and "column" in reasons[2]
@@ -186,7 +186,7 @@ def test_jsonl_bad_lines_are_skipped_with_line_and_reason(index, tmp_path):
     assert reasons[9] == "field 'text' is int, not text"
     assert reasons[10] == "no key field 'id'"
     assert reasons[12] == "'qzxqzxqzx' is not in the glove vocabulary"
-    assert all(s.source == path for s in report.skipped)
+    assert all(s.source == path for s in report.skip_examples())
     # the skips are also kept in the store
     assert sorted((s["line"], s["reason"]) for s in index.store.skipped()) == skips
 
@@ -196,6 +196,40 @@ def test_jsonl_bad_lines_are_skipped_with_line_and_reason(index, tmp_path):
     assert set(items) == set(good)
     assert items["k1"]["metadata"] == {"id": "k1", "n": 1}
     assert_searchable(index, good)
+
+
+def test_skips_are_counted_per_reason_with_a_few_examples_and_recorded_once(index, tmp_path, monkeypatch):
+    """Many bad lines stay in bounded memory (issue "Reliability, round 2", finding 7): the report
+    counts them per kind of reason and keeps SKIP_EXAMPLES of each, in input order, while every
+    skip goes to the store as it comes (in chunks); adding the same file again refreshes its
+    recorded skips instead of adding rows."""
+    import latent.indexer.index as index_module
+    from latent.indexer.records import SKIP_EXAMPLES
+
+    monkeypatch.setattr(index_module, "SKIP_CHUNK", 7)  # several chunks within one add
+    rows = []
+    for n in range(1, 121):
+        rows.append("not json" if n % 3 else {"id": f"w{n}", "text": f"zq{n}zq"} if n % 2 else {"id": f"k{n}"})
+    rows += [{"id": "good", "text": "cat"}]
+    path = write(tmp_path / "bad.jsonl", jsonl(*rows))
+    report = index.add(read_inputs([path], key_field="id"), batch_size=4)
+    assert (report.added, report.skipped) == (1, 120)
+    assert report.skip_counts() == {"malformed JSON (Expecting value at column 1)": 80,
+                                    "... is not in the glove vocabulary": 20, "no field 'text' (text_field chooses "
+                                    "the text column)": 20}
+    examples = report.skip_examples()
+    assert len(examples) == 3 * SKIP_EXAMPLES
+    assert [s.line for s in examples] == sorted(s.line for s in examples)  # in input order
+    assert [s.line for s in examples if s.reason.startswith("malformed")] == [n for n in range(1, 31) if n % 3]
+    assert report.as_dict()["skip_reasons"] == report.skip_counts()
+    assert len(report.as_dict()["skipped_lines"]) == len(examples)
+    stored_skips = {(s["line"], s["reason"]) for s in index.store.skipped(limit=1000)}
+    assert len(stored_skips) == index.store.skipped_count() == 120
+    assert {line for line, _ in stored_skips} == set(range(1, 121))
+
+    again = index.add(read_inputs([path], key_field="id"))
+    assert (again.unchanged, again.skipped) == (1, 120)
+    assert index.store.skipped_count() == 120  # the same file again: the table does not grow
 
 
 def test_csv_bad_rows_are_skipped_with_line_and_reason(index, tmp_path):
@@ -213,7 +247,7 @@ def test_csv_bad_rows_are_skipped_with_line_and_reason(index, tmp_path):
             b"h,piano,1.5\n")           # 12 good
     path = write(tmp_path / "rows.csv", data)
     report = index.add(read_inputs([path], key_field="key"))
-    skips = sorted(skips_of(report.skipped))
+    skips = sorted(skips_of(report.skip_examples()))
     assert skips == [
         (3, "2 fields, the header has 3"),
         (4, "4 fields, the header has 3"),
@@ -243,7 +277,7 @@ def test_csv_line_numbers_after_a_multiline_cell(tmp_path):
 def test_invalid_utf8_lines_are_skipped(index, tmp_path, fmt):
     path = write(tmp_path / "in.txt", b"cat\n\xff\xfedog\nhorse\n\x80\n\nriver\n")
     report = index.add(read_inputs([path], fmt=fmt))
-    assert skips_of(report.skipped) == [(2, "not valid UTF-8"), (4, "not valid UTF-8")]
+    assert skips_of(report.skip_examples()) == [(2, "not valid UTF-8"), (4, "not valid UTF-8")]
     assert report.added == 3 and index.count() == 3
     words = ["cat", "horse", "river"]
     assert sorted(v["text"] for v in stored(index).values()) == words
@@ -289,7 +323,7 @@ def test_bom_at_start_is_ignored(index, tmp_path, fmt, name, body, key):
     assert [type(r) for r in items] == [Record, Record]
     assert [r.text for r in items] == ["cat", "dog"]
     report = index.add(items)
-    assert report.added == 2 and report.skipped == []
+    assert report.added == 2 and report.skipped == 0
     assert key in stored(index)
     assert search(index, "cat", k=1)[0].key == key
 
@@ -311,7 +345,7 @@ def test_readding_the_same_file_changes_nothing(index, tmp_path, monkeypatch):
     monkeypatch.setattr(index.encoder, "encode", lambda texts: calls.append(list(texts)) or real_encode(texts))
     again = index.add(read_inputs([path], key_field="id"))
     assert (again.added, again.replaced, again.metadata_updated) == (0, 0, 0)
-    assert again.unchanged == len(ROWS) and again.skipped == [] and again.committed == []
+    assert again.unchanged == len(ROWS) and again.skipped == 0 and again.committed == []
     assert [c for c in calls if c] == []  # nothing re-encoded
     assert index.store.generation() == generation
     assert stored(index) == before

@@ -13,6 +13,10 @@ rename), and then checks, before anything repairs the index:
 
 and after reopening (which catches the vectors file up and saves it): FAISS ids == item
 ids, no duplicates, and the newest committed word is found by search.
+
+`race_creates` starts two `latent create` (then `latent add -v`) on one fresh directory at
+once, kills either or both at a random moment or at a failpoint, and checks that at most one
+index exists, that it opens and passes `check`, and that the winner's committed items are intact.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -146,6 +151,69 @@ class KillHarness:
         self.verify(run, words, reported)
         self.runs.append(run)
         return run
+
+    def race_creates(self, number: int) -> dict:
+        """Two `latent create DIR && latent add DIR -v` on one fresh directory, started together
+        (flat and hnsw, to tell the winner by its manifest); each is SIGKILLed after a random
+        delay, at a failpoint (of its create, or of its add), or left to finish. Returns what happened."""
+        directory = self.directory.parent / f"race-{number}"
+        types = ("flat", "hnsw")
+        words = {}
+        racers = []
+        for index_type in types:
+            words[index_type] = self.words[self.offered:self.offered + 300]
+            self.offered += 300
+            source = self.inputs / f"race-{number}-{index_type}.txt"
+            source.write_text("\n".join(words[index_type]) + "\n", encoding="utf-8")
+            fate = self.rng.choice(["random", "random", "finish", *POINTS])
+            failpoint = f"{fate}:1=kill" if fate in POINTS else None
+            command = " ".join(shlex.quote(a) for a in latent_command())
+            script = (f"{command} create {shlex.quote(str(directory))} --encoder glove --index {index_type} && "
+                      f"{command} add {shlex.quote(str(directory))} {shlex.quote(str(source))} --format words -v "
+                      "--batch-size 50")
+            child = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=ROOT, env=self._env(failpoint), start_new_session=True)
+            racers.append((index_type, fate, self.rng.uniform(0.2, 4.0) if fate == "random" else None, child))
+        started = time.monotonic()
+        outcome = {"number": number, "fates": {t: f for t, f, _, _ in racers}, "created": [], "killed": []}
+        for index_type, fate, delay, child in racers:
+            if delay is not None:
+                try:
+                    child.wait(timeout=max(0.0, started + delay - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
+        committed = {}
+        for index_type, fate, _, child in racers:
+            out, err = child.communicate(timeout=120)
+            if child.returncode < 0 or child.returncode == 128 + signal.SIGKILL:  # by us, or by its failpoint
+                outcome["killed"].append(index_type)
+            if "Created" in out:
+                outcome["created"].append(index_type)
+                committed[index_type] = sum(int(n) for _, n in COMMITTED.findall(err))
+            elif index_type not in outcome["killed"]:  # it lost the race
+                assert "already holds an index" in err, f"race {number} ({index_type}): {err[-2000:]}"
+        assert len(outcome["created"]) <= 1, f"race {number}: both creates succeeded: {outcome}"
+        self.verify_race(directory, outcome, words, committed)
+        return outcome
+
+    def verify_race(self, directory: Path, outcome: dict, words: dict, committed: dict) -> None:
+        from latent.indexer import Index
+        from latent.indexer.store import Store
+
+        if not Store.holds_store(directory):  # both died before a create committed: nothing to check
+            assert not outcome["created"], outcome
+            return
+        with Index.open(directory) as index:  # opening repairs (a create killed before its first save)
+            winner = index.index_type
+            assert not outcome["created"] or outcome["created"] == [winner], (outcome, winner)
+            _ = index.vectors
+            report = index.check()
+            assert report["ok"], (outcome, report)
+            keys = set(index.store.lookup(words[winner]))
+            assert len(keys) == index.count(), f"race {outcome['number']}: items of the loser: {outcome}"
+            assert set(words[winner][:committed.get(winner, 0)]) <= keys, f"race {outcome['number']}: lost items"
+            assert np.array_equal(np.sort(index.vectors.ids()), index.ids())
+        outcome["winner"], outcome["items"] = winner, len(keys)
 
     def verify(self, run: Run, words: list[str], reported: list[tuple[int, int]]) -> None:
         from click.testing import CliRunner

@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import re
 
 from pathlib import Path
 
@@ -251,6 +252,28 @@ def test_json_quiet_and_debug_after_the_arguments(run, notes, tmp_path, monkeypa
     assert served.exit_code == 0 and json.loads(served.output) == {"message": f"Serving {[str(notes)]}"}
     debug = run("search", tmp_path / "nowhere", "x", "--debug")  # the exception itself, not one line
     assert debug.exit_code == 1 and isinstance(debug.exception, IndexNotFound) and "Error:" not in debug.output
+
+
+def test_add_summarises_many_skips_per_reason_with_examples(run, notes, tmp_path):
+    """Finding 7 of "Reliability, round 2": counts per reason, then at most 20 examples of each
+    in line order; --json gives the same counts and examples."""
+    src = tmp_path / "bad.jsonl"
+    src.write_text("".join("oops\n" if n % 2 else json.dumps({"id": f"b{n}", "body": "x"}) + "\n"
+                           for n in range(1, 61)))
+    result = run("add", notes, src, "--key-field", "id")
+    assert result.exit_code == 0, result.output
+    assert "Added 0" in result.output and "skipped 60" in result.output
+    lines = result.output.splitlines()
+    start = lines.index("Skipped 60 input(s):")
+    assert lines[start + 1:start + 3] == ["         30  malformed JSON (Expecting value at column 1)",
+                                          "         30  no field 'text' (text_field chooses the text column)"]
+    shown = [int(m.group(1)) for m in map(re.compile(r"  .*bad\.jsonl:(\d+): ").match, lines) if m]
+    assert shown == list(range(1, 41))  # the first 20 of each reason, in line order
+    report = json.loads(run("add", notes, src, "--key-field", "id", "--json").output)
+    assert report["skipped"] == 60 and report["skip_reasons"] == {
+        "malformed JSON (Expecting value at column 1)": 30, "no field 'text' (text_field chooses the text column)": 30}
+    assert [s["line"] for s in report["skipped_lines"]] == list(range(1, 41))
+    assert json.loads(run("info", notes, "--json").output)["skipped_inputs"] == 60  # recorded once
 
 
 def test_images_through_the_cli(run, tmp_path):

@@ -4,10 +4,14 @@ one wins, the other gets IndexExists, and the winner's committed items stay read
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from latent.indexer import Index
+from latent.indexer.errors import IndexExists
 
 CHILD = r"""
 import sys, time
@@ -49,3 +53,21 @@ def test_two_concurrent_creates_one_wins(tmp_path):
         assert index.dim == winner and index.count() == 100
         assert index.check()["ok"], index.check()
         index.close()
+
+
+def test_create_takes_over_the_empty_file_of_a_killed_create(tmp_path):
+    """A create killed before its one commit (schema and manifest together) leaves an empty
+    latent.db: a later create takes it over, while a database with tables is never replaced."""
+    leftover = tmp_path / "leftover"
+    leftover.mkdir()
+    sqlite3.connect(str(leftover / "latent.db")).execute("PRAGMA journal_mode = wal").fetchall()
+    with Index.create(leftover, encoder="vectors:8", index_type="flat") as index:
+        assert index.count() == 0 and index.check()["ok"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    conn = sqlite3.connect(str(foreign / "latent.db"))
+    conn.execute("CREATE TABLE mine (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(IndexExists):
+        Index.create(foreign, encoder="vectors:8")

@@ -1,8 +1,11 @@
-"""SIGKILL the real `latent add` at random moments and at the named dangerous points.
+"""SIGKILL the real `latent add` at random moments and at the named dangerous points, and
+two concurrent `latent create` on one directory.
 
 25 runs on one index (the harness is in kill_harness.py; benchmarks/bench_kill.py runs
 200): after each kill, `latent check` passes before any repair, every batch the command
-reported as committed is present, and after reopening FAISS ids == item ids.
+reported as committed is present, and after reopening FAISS ids == item ids. 12 create
+races: at most one index exists, it opens and passes `check`, the winner's committed
+items are intact.
 """
 
 from __future__ import annotations
@@ -26,3 +29,14 @@ def test_kill_latent_add_25_times(tmp_path, glove_words):
     assert summary["by_mode"]["random"]["killed"] >= 5, summary["by_mode"]["random"]
     assert summary["batches_verified"] > 0
     assert harness.committed <= harness.store_keys()
+
+
+RACES = 12
+
+
+def test_two_concurrent_creates_killed_at_random_moments(tmp_path, glove_words):
+    harness = KillHarness(tmp_path / "races", glove_words[100:], seed=2)
+    outcomes = [harness.race_creates(number) for number in range(RACES)]
+    print(outcomes)
+    assert sum(bool(o["killed"]) for o in outcomes) >= RACES // 3  # kills really happened
+    assert sum(len(o["created"]) == 1 for o in outcomes) >= RACES // 3  # and so did wins

@@ -31,6 +31,7 @@ from latent.indexer.lock import WriteLock
 from latent.search import search
 
 from conftest import sql, store_generation, word_records
+from kill_harness import COMMITTED, latent_command
 
 QUERIES = ("king", "france", "computer", "river", "music")
 ROOT = Path(__file__).resolve().parents[2]
@@ -300,6 +301,61 @@ def test_sigkilled_writer_loses_nothing_committed(tmp_path, glove_words):
         committed_words = keys
         start = stop  # the next run adds fresh words to the same, recovered index
     assert_consistent(directory)
+
+
+INTERRUPT_AFTER_BATCHES = 40
+
+
+def test_ctrl_c_ends_a_long_add_within_5_s_and_keeps_every_committed_batch(tmp_path, glove_words):
+    """Ctrl-C (SIGINT) during a long `latent add` (issue "Reliability, round 2", finding 8): the
+    command ends within 5 s, with a non-zero status and a message saying the vectors file
+    catches up on the next open, instead of first rebuilding and tuning the whole vector index
+    (here: HNSW with a recall target, untuned until the add ends) and saving it. Every batch it
+    reported as committed is in the store, and `latent check` passes before and after reopening."""
+    directory = tmp_path / "interrupted"
+    Index.create(directory, encoder="glove", index_type="hnsw", target_recall=0.95).close()
+    words = glove_words[100:200_100]
+    source = tmp_path / "words.txt"
+    source.write_text("\n".join(words) + "\n", encoding="utf-8")
+    env = {**os.environ, "LATENT_SAVE_EVERY_S": "0.5", "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([*latent_command(), "add", str(directory), str(source), "--format", "words", "-v",
+                              "--batch-size", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=ROOT, env=env)
+    watchdog = threading.Timer(300, child.kill)  # never hang the suite on a stuck child
+    watchdog.start()
+    early: list[str] = []
+    try:
+        while len(COMMITTED.findall("".join(early))) < INTERRUPT_AFTER_BATCHES:
+            line = child.stderr.readline()
+            assert line, f"the add ended before {INTERRUPT_AFTER_BATCHES} batches: {''.join(early)[-2000:]}"
+            early.append(line)
+        child.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        out, err = child.communicate(timeout=120)
+        latency = time.monotonic() - interrupted
+    finally:
+        watchdog.cancel()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    err = "".join(early) + err
+    print(f"Ctrl-C latency {latency:.2f} s")
+    assert child.returncode == 130, (child.returncode, err[-2000:])
+    assert latency < 5, f"Ctrl-C took {latency:.1f} s"
+    assert "Interrupted; every batch reported as committed is kept" in err and "next opened" in err, err[-2000:]
+    reported = [(int(g), int(n)) for g, n in COMMITTED.findall(err)]
+    assert len(reported) >= INTERRUPT_AFTER_BATCHES
+    committed = sum(n for _, n in reported)  # batches commit in input order
+    keys = store_keys(directory)
+    assert set(words[:committed]) <= keys <= set(words), "a committed batch was lost"
+
+    result = CliRunner().invoke(cli, ["check", str(directory), "--json"])  # before anything repairs it
+    assert result.exit_code == 0 and json.loads(result.stdout)["ok"], result.output
+    with Index.open(directory) as index:
+        assert np.array_equal(np.sort(index.vectors.ids()), index.ids())  # caught up on open
+        assert index.check()["ok"], index.check()
+        newest = words[committed - 1]
+        assert search(index, newest, k=1)[0].key == newest
 
 
 KILL_AT_RENAME = textwrap.dedent("""

@@ -63,7 +63,7 @@ def dirs(tmp_path_factory, glove_words, sentence_index_dir, photo_dir) -> dict[s
     words.close()
     photos = Index.create(base / "photos", encoder="conse", index_type="flat")
     report = photos.add(read_images([str(photo_dir)]))
-    assert report.added == len(PHOTOS), report.skipped
+    assert report.added == len(PHOTOS), report.as_dict()
     photos.close()
     live = Index.create(base / "live", encoder="glove", index_type="flat")
     live.add(word_records(glove_words[200:240]))

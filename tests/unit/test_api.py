@@ -29,7 +29,7 @@ def test_the_readme_example(tmp_path):
     ix = latent.create(tmp_path / "notes", encoder="fake")
     assert isinstance(ix, latent.Collection)
     report = ix.add(["first text", "second text"])
-    assert (report.added, report.replaced, report.unchanged, report.skipped) == (2, 0, 0, [])
+    assert (report.added, report.replaced, report.unchanged, report.skipped) == (2, 0, 0, 0)
     rows = [{"year": 2001}, {"year": 2010}, {"year": 1990}]
     vectors = FAKE.encode(["query about cats", "query about dogs", "an old query"])
     assert ix.add_vectors(["cats", "dogs", "old"], vectors, metadata=rows).added == 3
