@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import FakeEncoder
-from latent.indexer import Index, Record
+from latent.indexer import FilterError, Index, Record
 from latent.search import search, search_vectors, similar
 
 FAKE = FakeEncoder()
@@ -93,7 +93,8 @@ def test_upsert_and_delete_persist(index):
     ("not tag = green or mod = 0", lambda m: m["tag"] != "green" or m["mod"] == 0),
     ("nested.even = true", lambda m: m["nested"]["even"] is True),
     ("i = 17", lambda m: m["i"] == 17),
-    ("missing = 1", lambda m: False),
+    ("i = -5", lambda m: False),
+    ("missing != 1", lambda m: True),  # != matches items that lack the field
 ])
 @pytest.mark.parametrize("index_type", ["flat", "HNSW16"])
 def test_filters_apply_before_the_k_nearest_are_chosen(tmp_path, docs, where, keep, index_type):
@@ -103,6 +104,17 @@ def test_filters_apply_before_the_k_nearest_are_chosen(tmp_path, docs, where, ke
             hits = search(ix, query, k=10, where=where)
             assert keys(hits) == brute_force(docs, query, 10, keep)
             assert all(keep(h.metadata) for h in hits)
+
+
+@pytest.mark.parametrize("index_type", ["flat", "HNSW16"])
+def test_a_filter_on_a_field_no_item_has_is_named(tmp_path, docs, index_type):
+    """Nothing can match a field that no item has: it is named, with the fields items have."""
+    with Index.create(tmp_path / "idx", encoder="fake", index_type=index_type) as ix:
+        ix.add(docs)
+        with pytest.raises(FilterError, match=r"no item of idx has the field 'missing'; its items have: .*\bmod\b"):
+            search(ix, "w3", k=10, where="missing = 1")
+        with pytest.raises(FilterError, match="'nested.odd'"):
+            search(ix, "w3", k=10, where="nested.odd = true")
 
 
 @pytest.mark.parametrize("spec", ["HNSW16", "IVF8,Flat", "auto"])
