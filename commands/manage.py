@@ -12,7 +12,7 @@ import click
 from latent.indexer import Index, read_inputs
 from latent.indexer.readers import check_inputs
 from latent.indexer.records import SKIP_EXAMPLES
-from .common import cell, echo_json, flags, index_dir, open_index, progress_bars
+from .common import cell, echo_json, flags, index_dir, open_index, progress_bars, render_table
 
 
 @click.command()
@@ -239,4 +239,36 @@ def tune(directory: Path, target_recall: float | None):
                f"for target {record['target_recall']} ({verdict}); {record['seconds']:.1f}s of measuring")
 
 
-COMMANDS = [create, add, delete, info, check, rebuild, tune]
+@click.command()
+@index_dir
+@click.option("--source", help="Only the skips of this input (as `add` named it).")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=50, show_default=True,
+              help="Show at most this many, the latest first.")
+@click.option("--clear", is_flag=True, help="Forget the recorded skips (of --source only, if given).")
+def skipped(directory: Path, source: str | None, limit: int, clear: bool):
+    """List the inputs that `add` skipped into DIRECTORY, with their reasons (each once per
+    input, line and reason), or forget them with --clear.
+
+    \b
+    Example:
+        latent skipped notes --limit 20
+        latent skipped notes --source notes.csv --clear
+    """
+    with open_index(directory) as index:
+        if clear:
+            dropped = index.clear_skipped(source=source)
+            if flags().json:
+                echo_json({"cleared": dropped})
+            else:
+                click.echo(f"Cleared {dropped:,} recorded skip{'s' if dropped != 1 else ''} from {directory}")
+            return
+        rows, total = index.skipped(limit=limit, source=source)
+    if flags().json:
+        echo_json({"total": total, "skipped": rows})
+        return
+    click.echo(render_table(rows, ["source", "line", "reason", "at"]) if rows else "(no skipped inputs recorded)")
+    if total > len(rows):
+        click.echo(f"({len(rows):,} of {total:,} shown; --limit shows more)")
+
+
+COMMANDS = [create, add, delete, info, check, rebuild, tune, skipped]

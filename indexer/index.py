@@ -456,6 +456,17 @@ class Index:
             parts.append(vx.exact_topk(queries[start:start + rows], gathered, k, ids=block))
         return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
 
+    def skipped(self, *, limit: int = 1000, source: str | None = None) -> tuple[list[dict], int]:
+        """(the latest `limit` recorded skips {source, line, reason, at}, how many are recorded),
+        of one source only if given."""
+        return self.store.skipped(limit, source), self.store.skipped_count(source)
+
+    def clear_skipped(self, *, source: str | None = None) -> int:
+        """Forget the recorded skips (of one source only, if given); returns how many were dropped."""
+        self.store.require_writable("clearing skips")
+        with self._lock:
+            return self.store.clear_skipped(source)
+
     def relink_encoder(self, name: str) -> None:
         """Record the index's encoder under a new name (a model file that moved): refused unless
         the encoder of that name is the same model (the same version, which holds a hash of its

@@ -525,13 +525,22 @@ class Store:
             "SELECT j.key FROM items, json_each(items.metadata) AS j GROUP BY j.key ORDER BY count(*) DESC, j.key "
             "LIMIT ?", [limit]).fetchall()]
 
-    def skipped(self, limit: int = 1000) -> list[dict]:
+    def skipped(self, limit: int = 1000, source: str | None = None) -> list[dict]:
+        """Recorded skips, the latest first (of one source only, if given)."""
         rows = self.db.execute(
-            "SELECT source, line, reason, at FROM skipped ORDER BY id DESC LIMIT ?", [limit]).fetchall()
+            "SELECT source, line, reason, at FROM skipped WHERE ? IS NULL OR source = ? ORDER BY id DESC LIMIT ?",
+            [source, source, limit]).fetchall()
         return [dict(zip(("source", "line", "reason", "at"), r)) for r in rows]
 
-    def skipped_count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM skipped").fetchone()[0]
+    def skipped_count(self, source: str | None = None) -> int:
+        return self.db.execute("SELECT count(*) FROM skipped WHERE ? IS NULL OR source = ?",
+                               [source, source]).fetchone()[0]
+
+    def clear_skipped(self, source: str | None = None) -> int:
+        """Forget the recorded skips (of one source only, if given); returns how many."""
+        with self.transaction("clearing the record of skipped inputs"):
+            return self.db.conn.execute("DELETE FROM skipped WHERE ? IS NULL OR source = ?",
+                                        [source, source]).rowcount
 
     def damaged_rows(self, dim: int) -> dict[str, list[tuple[int, str, str | None]]]:
         """Rows the engine cannot use, by problem, as (id, key, text) in id order:

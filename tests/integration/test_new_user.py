@@ -148,3 +148,21 @@ def test_word_neighbours_are_frequent_words():
     assert len(shown) == 20 and all(h.metadata["rank"] <= 50_000 and h.key.isascii() for h in shown)
     assert not any(any(c.isdigit() for c in h.key) for h in shown)
     assert [h.rank for h in shown] == list(range(1, 21))
+
+
+def test_skipped_lists_and_clears(tmp_path):
+    """The skipped table is read and cleared from the CLI (it was only reachable with sqlite3);
+    the same file added twice records each skip once."""
+    import json
+
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "king"}\n{"nope": 1}\n[1]\n{"text": "queen"}\n', encoding="utf-8")
+    ix = latent.create(tmp_path / "idx", encoder="glove")
+    for _ in range(2):
+        assert run("add", ix.directory, source).exit_code == 0
+    listed = json.loads(run("skipped", ix.directory, "--json").stdout)
+    assert listed["total"] == 2 and sorted(r["line"] for r in listed["skipped"]) == [2, 3]
+    assert "(1 of 2 shown" in run("skipped", ix.directory, "--limit", "1").stdout
+    assert json.loads(run("skipped", ix.directory, "--source", "other.csv", "--json").stdout)["total"] == 0
+    assert "Cleared 2 recorded skips" in run("skipped", ix.directory, "--clear").stdout
+    assert ix.skipped() == ([], 0)
