@@ -166,6 +166,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def label_field(name: str) -> str:
+    """A class name as a metadata field name the filters take: "tiger cat" -> "tiger_cat",
+    "jack-o'-lantern" -> "jack_o_lantern" (a leading digit gets a "_")."""
+    field = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "_"
+    return "_" + field if field[0].isdigit() else field
+
+
 def _floor4(p: float) -> float:
     """A probability rounded down to 4 decimals (the 1e-9 absorbs float error, as in 0.3 * 10_000)."""
     return math.floor(float(p) * 10_000 + 1e-9) / 10_000
@@ -308,17 +315,25 @@ class EfficientNetEncoder(Encoder):
         return _softmax(self.forward(batch)[1]).astype(np.float32)
 
     def describe_logits(self, logits: np.ndarray, k: int = 5) -> list[dict]:
-        """Per-image metadata from logits: {"labels": top-k [{"label", "p"}], "label": top-1 name}.
+        """Per-image metadata from logits: {"labels": top-k [{"label", "p"}], "label": top-1 name,
+        "label_names": the top-k names, "label_p": {field name of a label: p}}.
 
         Probabilities are softmax values rounded down to 4 decimals, so the listed ones never
-        sum past 1; they are in decreasing order.
+        sum past 1; they are in decreasing order. The last two are the filterable forms:
+        `label_names = 'tiger cat'` (any of the top k) and `label_p.tiger_cat >= 0.2` (a
+        cutoff; a label's field name is its name lower-cased, other characters than letters
+        and digits as `_`).
         """
         probs = _softmax(np.atleast_2d(logits))
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         out = []
         for row, classes in zip(probs, top):
             labels = [{"label": self.labels[c], "p": _floor4(row[c])} for c in classes]
-            out.append({"labels": labels, "label": labels[0]["label"]})
+            label_p: dict[str, float] = {}
+            for x in labels:  # two classes spell "cardigan": the likelier keeps the field
+                label_p.setdefault(label_field(x["label"]), x["p"])
+            out.append({"labels": labels, "label": labels[0]["label"],
+                        "label_names": [x["label"] for x in labels], "label_p": label_p})
         return out
 
     def _embed_images(self, batch: np.ndarray) -> tuple[np.ndarray, list[dict]]:

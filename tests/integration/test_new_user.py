@@ -166,3 +166,23 @@ def test_skipped_lists_and_clears(tmp_path):
     assert json.loads(run("skipped", ix.directory, "--source", "other.csv", "--json").stdout)["total"] == 0
     assert "Cleared 2 recorded skips" in run("skipped", ix.directory, "--clear").stdout
     assert ix.skipped() == ([], 0)
+
+
+def test_image_labels_can_be_filtered(tmp_path):
+    """The top-5 labels were stored as a list of {label, p} that no filter could reach, though
+    the README said they could be filtered: label_names holds the names, label_p the cutoffs."""
+    import skimage.data
+    from PIL import Image
+
+    for name in ("chelsea", "coffee", "rocket"):
+        Image.fromarray(getattr(skimage.data, name)()).save(tmp_path / f"{name}.png")
+    ix = latent.create(tmp_path / "idx", encoder="efficientnet")
+    ix.add(latent.read_inputs([str(tmp_path / f"{n}.png") for n in ("chelsea", "coffee", "rocket")]))
+    meta = {row["key"]: row["metadata"] for row in ix.fetch(ix.ids()).values()}
+    assert meta["chelsea.png"]["label_names"] == [x["label"] for x in meta["chelsea.png"]["labels"]]
+    assert "tiger cat" in meta["chelsea.png"]["label_names"]
+    cats = ix.similar(key="coffee.png", where="label_names = 'tiger cat'", k=5)
+    assert [h.key for h in cats] == ["chelsea.png"]
+    p = meta["chelsea.png"]["label_p"]["tiger_cat"]
+    assert [h.key for h in ix.similar(key="coffee.png", where=f"label_p.tiger_cat >= {p}", k=5)] == ["chelsea.png"]
+    assert ix.similar(key="coffee.png", where=f"label_p.tiger_cat > {p}", k=5) == []
