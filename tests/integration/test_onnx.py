@@ -211,3 +211,26 @@ def test_two_processes_exporting_at_once_export_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     assert [json.loads(out.strip().splitlines()[-1]) for out, _ in outs] == [{"answer": 1.0}] * 2
     assert len(log.read_text().split()) == 1
+
+
+def test_cli_create_takes_the_runtime_and_loads_no_model(tmp_path):
+    from click.testing import CliRunner
+
+    from latent.cli import cli
+
+    done = CliRunner().invoke(cli, ["create", str(tmp_path / "t"), "--runtime", "torch", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["runtime"] == "torch"
+    done = CliRunner().invoke(cli, ["create", str(tmp_path / "x"), "--runtime", "tf"])
+    assert done.exit_code == 2 and "'tf' is not one of 'onnx', 'torch'" in done.output
+    created = _run(f"""
+        import json, sys
+        from latent.cli import cli
+        try:
+            cli(["create", {str(tmp_path / 'o')!r}, "-e", "conse"], prog_name="latent")
+        except SystemExit as e:
+            code = e.code
+        print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules],
+                          "onnxruntime": "onnxruntime" in sys.modules}}))
+    """, tmp_path)
+    assert created == {"code": 0, "heavy": [], "onnxruntime": False}
