@@ -21,11 +21,18 @@ in-process there), so each has its own peak memory. `latent add -v --json` runs 
   line / time from the first such line to the last (lines timestamped as they arrive);
 - peak RSS (/usr/bin/time -v where present, and VmHWM) and peak anonymous memory (RssAnon,
   polled every 50 ms from /proc).
-Measurements are interleaved (bare, then latent add, per kind and repeat) and reported as
-median (min-max). Targets: steady-state latent add / bare >= 0.9 for texts, >= 0.85 for
+Each runtime of the bundled networks (--runtimes, default torch then onnx) is measured on the
+same inputs in one run: the bare worker runs with LATENT_RUNTIME set, and the index is created
+with `latent create --runtime`. (The onnx export is made, if it is not cached yet, by the
+bare worker before anything is timed.)
+
+Measurements are interleaved (bare, then latent add, per kind, runtime and repeat) and reported
+as median (min-max). Targets: steady-state latent add / bare >= 0.9 for texts, >= 0.85 for
+images; onnx / torch latent add items/s >= 2 for texts with peak RSS <= 700 MB, >= 1.5 for
 images. Results are appended to benchmarks/results/ingest.jsonl (not with --quick).
 
-    python benchmarks/bench_ingest.py [--texts 8000] [--images 256] [--repeat 3] [--only {text,images}] [--quick]
+    python benchmarks/bench_ingest.py [--texts 8000] [--images 256] [--repeat 3] [--only {text,images}]
+                                      [--runtimes torch onnx] [--quick]
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 SENTENCES = ROOT / "indexer" / "data" / "sentences.jsonl"
 TARGETS = {"text": 0.9, "images": 0.85}
+SPEEDUP_TARGETS = {"text": 2.0, "images": 1.5}  # onnx / torch, latent add items/s
+RSS_TARGET_MB = {"text": 700}  # peak RSS of latent add on onnx
 ENCODERS = {"text": "minilm", "images": "efficientnet"}
 COMMITTED = re.compile(r"committed generation (\d+): (\d+) items")
 RESULT_TAG = "BENCH_INGEST_RESULT "
@@ -88,9 +97,18 @@ def make_images(directory: Path, count: int) -> list[Path]:
 
 
 # -- the bare encoder (child process: --bare-worker) --------------------------------------------------
-def bare_text(work: Path, batch_size: int | None) -> dict:
-    import torch
+def threads() -> int:
+    """The intra-op threads of the runtime in use (torch is imported only when it runs the model)."""
+    if os.environ.get("LATENT_RUNTIME") == "torch":
+        import torch
 
+        return torch.get_num_threads()
+    from latent.indexer.encoders.runtime import threads as onnx_threads
+
+    return onnx_threads()
+
+
+def bare_text(work: Path, batch_size: int | None) -> dict:
     from latent.indexer.encoders import get_encoder
 
     lines = [t.strip() for t in (work / "texts.txt").read_text().splitlines() if t.strip()]
@@ -106,12 +124,11 @@ def bare_text(work: Path, batch_size: int | None) -> dict:
         encoder.encode(chunk)
         elapsed += time.perf_counter() - t0
     return {"items": len(lines), "batch_size": bs, "items_per_s": len(lines) / elapsed, "load_s": load_s,
-            "peak_rss_mib": peak_rss_mib(), "torch_threads": torch.get_num_threads()}
+            "peak_rss_mib": peak_rss_mib(), "threads": threads()}
 
 
 def bare_images(work: Path, batch_size: int | None) -> dict:
     import numpy as np
-    import torch
 
     from latent.indexer.encoders import get_encoder
     from latent.indexer.images import decode_image
@@ -147,14 +164,15 @@ def bare_images(work: Path, batch_size: int | None) -> dict:
     return {"items": len(paths), "batch_size": bs, "items_per_s": forward, "files_per_s": files,
             "encode_images_per_s": len(paths) / elapsed, "load_s": load_s,
             "peak_rss_mib": peak_forward, "peak_rss_mib_after_encode_images": peak_rss_mib(),
-            "torch_threads": torch.get_num_threads()}
+            "threads": threads()}
 
 
-def run_bare(kind: str, work: Path, batch_size: int | None) -> dict:
+def run_bare(kind: str, work: Path, batch_size: int | None, runtime: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--bare-worker", kind, "--work", str(work)]
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LATENT_RUNTIME": runtime},
+                          cwd=ROOT)
     found = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not found:
         raise SystemExit(f"bare {kind} worker failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
@@ -222,17 +240,17 @@ class MemoryPoller(threading.Thread):
 
 
 def run_latent_add(kind: str, work: Path, run: int, inputs: list[str], expected: int,
-                   batch_size: int | None) -> dict:
+                   batch_size: int | None, runtime: str) -> dict:
     latent, env = latent_command(), os.environ.copy()
-    directory = work / f"index-{kind}-{run}"
-    created = subprocess.run([*latent, "create", str(directory), "--encoder", ENCODERS[kind]],
+    directory = work / f"index-{kind}-{runtime}-{run}"
+    created = subprocess.run([*latent, "create", str(directory), "--encoder", ENCODERS[kind], "--runtime", runtime],
                              capture_output=True, text=True, env=env, cwd=work)
     if created.returncode != 0:
         raise SystemExit(f"latent create failed: {created.stdout}{created.stderr}")
     cmd = [*latent, "add", str(directory), *inputs, "-v", "--json"]
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
-    time_file = work / f"time-{kind}-{run}.txt"
+    time_file = work / f"time-{kind}-{runtime}-{run}.txt"
     wrapped = TIME.exists()
     if wrapped:
         cmd = [str(TIME), "-v", "-o", str(time_file), *cmd]
@@ -299,10 +317,11 @@ def show(s: dict | None, digits: int = 1) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
-def summarise(kind: str, bare: list[dict], adds: list[dict]) -> dict:
+def summarise(kind: str, runtime: str, bare: list[dict], adds: list[dict]) -> dict:
     out = {
+        "kind": kind, "runtime": runtime,
         "encoder": ENCODERS[kind], "items": bare[0]["items"], "batch_size": bare[0]["batch_size"],
-        "torch_threads": bare[0]["torch_threads"], "bare_items_per_s": spread([b["items_per_s"] for b in bare]),
+        "threads": bare[0]["threads"], "bare_items_per_s": spread([b["items_per_s"] for b in bare]),
         "bare_peak_rss_mib": spread([b["peak_rss_mib"] for b in bare]),
         "add_steady_items_per_s": spread([a["steady_items_per_s"] for a in adds]),
         "add_whole_items_per_s": spread([a["whole_items_per_s"] for a in adds]),
@@ -324,6 +343,35 @@ def summarise(kind: str, bare: list[dict], adds: list[dict]) -> dict:
     return out
 
 
+def compare(results: dict) -> dict:
+    """onnx against torch per kind: latent add items/s (steady and whole process) and peak RSS."""
+    out = {}
+    for kind in SPEEDUP_TARGETS:
+        torch, onnx = results.get(f"{kind}/torch"), results.get(f"{kind}/onnx")
+        if not torch or not onnx:
+            continue
+        def ratio(field: str) -> float | None:
+            a, b = onnx[field], torch[field]
+            return round(a["median"] / b["median"], 3) if a and b else None
+        rss = onnx["add_peak_rss_mib"]["median"] * 1.048576  # MiB to MB
+        out[kind] = {"steady_speedup": ratio("add_steady_items_per_s"), "whole_speedup": ratio("add_whole_items_per_s"),
+                     "bare_speedup": ratio("bare_items_per_s"), "target": SPEEDUP_TARGETS[kind],
+                     "torch_peak_rss_mb": round(torch["add_peak_rss_mib"]["median"] * 1.048576),
+                     "onnx_peak_rss_mb": round(rss), "rss_target_mb": RSS_TARGET_MB.get(kind)}
+        speed = out[kind]["steady_speedup"] or out[kind]["whole_speedup"]
+        out[kind]["met"] = bool(speed and speed >= SPEEDUP_TARGETS[kind]
+                                and (kind not in RSS_TARGET_MB or rss <= RSS_TARGET_MB[kind]))
+    return out
+
+
+def print_comparison(comparison: dict) -> None:
+    for kind, c in comparison.items():
+        rss = f", onnx peak RSS {c['onnx_peak_rss_mb']} MB (target <= {c['rss_target_mb']})" if c["rss_target_mb"] else ""
+        print(f"{kind}: onnx / torch latent add steady {c['steady_speedup']}x, whole process {c['whole_speedup']}x, "
+              f"bare encoder {c['bare_speedup']}x (target >= {c['target']}x){rss}; torch peak RSS "
+              f"{c['torch_peak_rss_mb']} MB: {'MET' if c['met'] else 'NOT MET'}")
+
+
 def print_table(results: dict) -> None:
     head = ("kind", "bare items/s", "latent add steady items/s", "ratio", "target", "whole-process items/s",
             "peak RSS / anon MiB")
@@ -332,7 +380,7 @@ def print_table(results: dict) -> None:
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.3f}"
         verdict = "n/a" if r["met"] is None else ("MET" if r["met"] else "NOT MET")
         memory = f"{r['add_peak_rss_mib']['median']:.0f} / {r['add_peak_anon_mib']['median']:.0f}"
-        rows.append((kind, show(r["bare_items_per_s"]), show(r["add_steady_items_per_s"]), ratio,
+        rows.append((f"{r['kind']} ({r['runtime']})", show(r["bare_items_per_s"]), show(r["add_steady_items_per_s"]), ratio,
                      f">= {r['target']} {verdict}", show(r["add_whole_items_per_s"]), memory))
     widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
     line = lambda row: " | ".join(str(c).ljust(w) for c, w in zip(row, widths))  # noqa: E731
@@ -343,12 +391,12 @@ def print_table(results: dict) -> None:
     print()
     for kind, r in results.items():
         print(f"{kind}: {r['items']} items, encoder {r['encoder']}, batch {r['batch_size']} "
-              f"({r['add_batches']} committed batches), torch threads {r['torch_threads']}")
+              f"({r['add_batches']} committed batches), threads {r['threads']}")
         print(f"  whole-process ratio (latent add whole / bare): {r['whole_ratio']:.3f}; first commit after "
               f"{show(r['add_first_commit_s'], 2)} s (start, imports, model load, first batch)")
         print(f"  peak memory: latent add RSS {show(r['add_peak_rss_mib'], 0)} MiB, anon "
               f"{show(r['add_peak_anon_mib'], 0)} MiB; bare encoder process RSS {show(r['bare_peak_rss_mib'], 0)} MiB")
-        if kind == "images":
+        if r["kind"] == "images":
             enc_images = r["bare_encode_images_per_s"]
             print(f"  bare = {r['bare_definition']} (the ratio uses this); encode_images on decoded PIL images: "
                   f"{show(enc_images)} items/s, steady latent add / that: "
@@ -371,6 +419,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="JPEG photos (default 256; --quick 24)")
     parser.add_argument("--repeat", type=int, help="runs of each measurement (default 3; --quick 1)")
     parser.add_argument("--only", choices=["text", "images"], help="measure one kind only")
+    parser.add_argument("--runtimes", nargs="+", choices=["torch", "onnx"], default=["torch", "onnx"],
+                        help="runtimes of the bundled networks to measure, side by side")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run; no result is appended")
     parser.add_argument("--text-batch-size", type=int, help="default: the encoder's, as latent add")
     parser.add_argument("--image-batch-size", type=int, help="default: the encoder's, as latent add")
@@ -405,27 +455,33 @@ def main() -> None:
         if "images" in kinds:
             photos = make_images(work / "photos", args.images)
             inputs["images"] = ([str(work / "photos")], len(photos))
-        bare: dict[str, list[dict]] = {k: [] for k in kinds}
-        adds: dict[str, list[dict]] = {k: [] for k in kinds}
+        cases = [(kind, runtime) for kind in kinds for runtime in args.runtimes]
+        bare: dict[tuple, list[dict]] = {c: [] for c in cases}
+        adds: dict[tuple, list[dict]] = {c: [] for c in cases}
         for run in range(args.repeat):  # interleaved, so drift hits both alike
-            for kind in kinds:
-                b = run_bare(kind, work, batch_sizes[kind])
-                a = run_latent_add(kind, work, run, inputs[kind][0], inputs[kind][1], batch_sizes[kind])
-                bare[kind].append(b)
-                adds[kind].append(a)
+            for kind, runtime in cases:
+                b = run_bare(kind, work, batch_sizes[kind], runtime)
+                a = run_latent_add(kind, work, run, inputs[kind][0], inputs[kind][1], batch_sizes[kind], runtime)
+                bare[kind, runtime].append(b)
+                adds[kind, runtime].append(a)
                 steady = "n/a" if a["steady_items_per_s"] is None else f"{a['steady_items_per_s']:.1f}"
-                print(f"run {run + 1}/{args.repeat} {kind}: bare {b['items_per_s']:.1f} items/s; latent add steady "
+                print(f"run {run + 1}/{args.repeat} {kind} ({runtime}): bare {b['items_per_s']:.1f} items/s; latent add steady "
                       f"{steady}, whole {a['whole_items_per_s']:.1f} items/s ({a['seconds']:.1f} s, "
                       f"{a['batches']} batches), peak RSS {a['peak_rss_mib']:.0f} MiB, anon {a['peak_anon_mib']:.0f}",
                       flush=True)
-        results = {kind: summarise(kind, bare[kind], adds[kind]) for kind in kinds}
+        results = {f"{kind}/{runtime}": summarise(kind, runtime, bare[kind, runtime], adds[kind, runtime])
+                   for kind, runtime in cases}
+        comparison = compare(results)
         print()
         print_table(results)
+        print()
+        print_comparison(comparison)
         if args.quick:
             print("\n--quick: nothing appended")
         else:
             path = append_result("ingest", {"bench": "ingest", "args": arguments,
-                                            "environment": env, "results": results})
+                                            "environment": env, "results": results,
+                                            "onnx_vs_torch": comparison})
             print(f"\nappended to {path}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

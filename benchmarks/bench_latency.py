@@ -22,7 +22,17 @@ checked with -X importtime) and `latent search DIR "text"` on the 100k and 1M in
 Targets: a text query under 15 ms p50 end to end at 1M items; `latent words` under 1.5 s.
 Figures are appended as a JSON line to benchmarks/results/latency.jsonl (not with --quick).
 
+--cold alone: the cold starts of the bundled networks' commands, torch and onnx runtimes side by
+side in one run (each index created with `latent create --runtime`), whole processes with a warm
+page cache and a warm export cache, median of --cold-runs after one untimed run:
+`latent search DIR "text"` on the 400 bundled sentences (minilm; target <= 1.5 s),
+`latent similar DIR --image FILE` on the bundled demo photos (efficientnet; <= 2 s),
+`latent create` (minilm; <= 0.5 s) and `latent serve DIR` until it answers a text search over
+HTTP (minilm; <= 3 s). Also checked: whether torch is imported by `latent search` (-X importtime).
+Appended to benchmarks/results/cold.jsonl.
+
     python benchmarks/bench_latency.py [--sizes 10000 100000 1000000] [--queries 1000] [--cold-runs 5] [--quick]
+    python benchmarks/bench_latency.py --cold [--cold-runs 5]
 """
 
 from __future__ import annotations
@@ -357,6 +367,107 @@ def cold_start(runs: int, search_sizes: list[int]) -> dict:
     return out
 
 
+COLD_TARGETS_S = {"search": 1.5, "similar_image": 2.0, "create": 0.5, "serve": 3.0}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_until_answered(latent: list[str], directory: Path, env: dict, timeout: float = 60.0) -> float:
+    """Seconds from starting `latent serve DIR` to its first answer to a text search over HTTP."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    port = free_port()
+    url = (f"http://127.0.0.1:{port}/api/indexes/{directory.name}/search?"
+           + urllib.parse.urlencode({"q": COLD_TEXT, "k": K}))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*latent, "serve", str(directory), "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while time.perf_counter() - t0 < timeout:
+            if proc.poll() is not None:
+                raise SystemExit(f"latent serve exited ({proc.returncode}): {proc.stderr.read()[-2000:]!r}")
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    if json.loads(response.read())["hits"]:
+                        return time.perf_counter() - t0
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.02)
+        raise SystemExit("latent serve did not answer within a minute")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def cold_encoders(runs: int) -> dict:
+    """The cold starts of the bundled networks' commands, torch against onnx (see the module docstring)."""
+    import tempfile
+
+    from latent.indexer.builtin import SENTENCES, write_demo_photos
+
+    env = {**os.environ, **OFFLINE}
+    env.pop("LATENT_RUNTIME", None)
+    latent = latent_command()
+    work = Path(tempfile.mkdtemp(prefix="latent-bench-cold-"))
+    photos = write_demo_photos(work / "photos")
+    query_photo = sorted(photos.glob("*"))[0]
+    out: dict = {"runs": runs, "commands": {}}
+    try:
+        for runtime in ("torch", "onnx"):
+            text, images = work / f"sentences-{runtime}", work / f"photos-{runtime}"
+            for directory, encoder, inputs in ((text, "minilm", SENTENCES), (images, "efficientnet", photos)):
+                for argv in (["create", str(directory), "-e", encoder, "--runtime", runtime],
+                             ["add", str(directory), str(inputs), "-q"]):
+                    done = subprocess.run([*latent, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+                    if done.returncode:
+                        raise SystemExit(f"latent {' '.join(argv)} failed: {done.stderr[-2000:]}")
+            figures = {
+                "search": timed_runs([*latent, "search", str(text), COLD_TEXT, "-k", str(K)], env, runs),
+                "similar_image": timed_runs([*latent, "similar", str(images), "--image", str(query_photo), "-k", "5"],
+                                            env, runs),
+            }
+            created = []
+            for i in range(runs + 1):
+                s, proc = run_process([*latent, "create", str(work / f"new-{runtime}-{i}"), "--runtime", runtime], env)
+                if proc.returncode:
+                    raise SystemExit(f"latent create failed: {proc.stderr[-2000:]}")
+                created.append(s)
+            served = [serve_until_answered(latent, text, env) for _ in range(runs + 1)]
+            for name, seconds in (("create", created[1:]), ("serve", served[1:])):
+                figures[name] = {"median_s": round(statistics.median(seconds), 3), "min_s": round(min(seconds), 3),
+                                 "max_s": round(max(seconds), 3), "runs_s": [round(x, 3) for x in seconds]}
+            modules = imported_modules([*latent, "search", str(text), COLD_TEXT], env)
+            figures["search_imports_torch"] = any(m.split(".")[0] == "torch" for m in modules)
+            out["commands"][runtime] = figures
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n== cold starts, whole processes: median (min-max) of {runs} runs after one untimed ==")
+    print(f"{'command':<28} {'torch':>20} {'onnx':>20}  target")
+    labels = {"search": 'latent search DIR "text"', "similar_image": "latent similar --image",
+              "create": "latent create", "serve": "latent serve, answering"}
+    targets = {}
+    for name, label in labels.items():
+        cells = [f"{r['median_s']:.2f} ({r['min_s']:.2f}-{r['max_s']:.2f})"
+                 for r in (out["commands"][rt][name] for rt in ("torch", "onnx"))]
+        met = out["commands"]["onnx"][name]["median_s"] <= COLD_TARGETS_S[name]
+        targets[name] = {"onnx_median_s": out["commands"]["onnx"][name]["median_s"],
+                         "torch_median_s": out["commands"]["torch"][name]["median_s"],
+                         "target_s": COLD_TARGETS_S[name], "met": met}
+        print(f"{label:<28} {cells[0]:>20} {cells[1]:>20}  <= {COLD_TARGETS_S[name]} s: {'MET' if met else 'NOT MET'}")
+    print("torch imported by `latent search` on onnx: "
+          f"{'YES' if out['commands']['onnx']['search_imports_torch'] else 'no'} "
+          f"(on torch: {'yes' if out['commands']['torch']['search_imports_torch'] else 'no'})")
+    out["targets"] = targets
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -365,7 +476,13 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=5, help="timed whole-process runs per command")
     parser.add_argument("--quick", action="store_true",
                         help="10,000 items only, 200 queries, 2 cold runs; results not appended")
+    parser.add_argument("--cold", action="store_true",
+                        help="only the cold starts of the bundled networks' commands, torch and onnx side by side")
     args = parser.parse_args()
+    if args.cold:
+        record = {"environment": datasets.environment(), **cold_encoders(args.cold_runs)}
+        print(f"appended to {datasets.append_result('cold', record)}")
+        return
     if args.quick:
         args.sizes, args.queries, args.cold_runs = [10_000], 200, 2
     if args.queries < 2 or args.cold_runs < 1 or min(args.sizes) < K:

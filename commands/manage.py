@@ -26,7 +26,11 @@ from .common import cell, echo_json, flags, index_dir, open_index, progress_bars
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), metavar="R",
               help="Tune search parameters to reach recall@10 >= R on held-out items whenever the index is "
                    "built as an approximate type, and again each time it doubles.")
-def create(directory: Path, encoder: str, index_type: str, target_recall: float | None):
+@click.option("--runtime", type=click.Choice(["onnx", "torch"]),
+              help="What runs the bundled networks (minilm, efficientnet, conse): onnx (onnxruntime, the "
+                   "default) or torch; recorded in the index, whose queries use it. Default: $LATENT_RUNTIME, "
+                   "else onnx.")
+def create(directory: Path, encoder: str, index_type: str, target_recall: float | None, runtime: str | None):
     """Create an empty index in DIRECTORY; with --json, print its `latent info`.
 
     \b
@@ -34,7 +38,8 @@ def create(directory: Path, encoder: str, index_type: str, target_recall: float 
         latent create words --encoder glove --index hnsw
         latent create big --index auto --target-recall 0.95
     """
-    with Index.create(directory, encoder=encoder, index_type=index_type, target_recall=target_recall) as index:
+    with Index.create(directory, encoder=encoder, index_type=index_type, target_recall=target_recall,
+                      runtime=runtime) as index:
         info = index.info()
     if flags().json:
         echo_json(info)

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import tuning
 from . import vector_index as vx
-from .encoders import Encoder, canonical_name, get_encoder, normalize
+from .encoders import Encoder, canonical_name, encoder_spec, get_encoder, normalize
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
 from .errors import (EncoderMismatch, FilterError, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary,
                      StorageError)
@@ -150,8 +150,12 @@ class Index:
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
     def create(cls, directory: str | Path, *, encoder: str | Encoder = "minilm", index_type: str = "auto",
-               params: dict | None = None, target_recall: float | None = None) -> "Index":
+               params: dict | None = None, target_recall: float | None = None,
+               runtime: str | None = None) -> "Index":
         """Create an empty index in `directory` (created if needed; must not hold an index).
+
+        The bundled networks run on `runtime` (onnx or torch; default $LATENT_RUNTIME, else
+        onnx), recorded in the manifest: the index's queries use it. Their models are not loaded here.
 
         With `target_recall`, search parameters are tuned to reach that recall@10 on held-out
         items whenever the vector index is built as an approximate type, and again each time
@@ -161,7 +165,7 @@ class Index:
             target_recall = tuning.check_target(target_recall)
         if Store.holds_store(directory):
             raise IndexExists(f"{directory} already holds an index; open it, or choose another directory")
-        enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
+        enc = encoder_spec(encoder, runtime) if isinstance(encoder, str) else encoder.spec()
         vx.validate_spec(index_type, enc.dim)
         directory.mkdir(parents=True, exist_ok=True)
         with WriteLock(directory):
@@ -170,11 +174,11 @@ class Index:
                                   "open it, or choose another directory")
             store = Store.create(directory, {
                 "encoder": enc.name, "encoder_version": enc.version, "dim": enc.dim,
-                "modalities": list(enc.modalities), "metric": "ip", "index_type": index_type,
+                "modalities": list(enc.modalities), "runtime": enc.runtime, "metric": "ip", "index_type": index_type,
                 "search_params": {**vx.DEFAULT_PARAMS, **(params or {})}, "target_recall": target_recall,
             })
             index = cls(directory, store)
-            index._encoder = enc
+            index._encoder = encoder if isinstance(encoder, Encoder) else None
             index._vectors = index._build_vectors()
             index._save_vectors()
         return index
@@ -221,7 +225,7 @@ class Index:
     def encoder(self) -> Encoder:
         """The index's own encoder, loaded on first use."""
         if self._encoder is None:
-            self._encoder = get_encoder(self.encoder_name)
+            self._encoder = get_encoder(self.encoder_name, self.manifest.get("runtime"))
             self.check_encoder(self._encoder)
         return self._encoder
 
@@ -926,7 +930,7 @@ class Index:
             "directory": str(self.directory),
             "count": self.store.count(),
             "encoder": manifest["encoder"], "encoder_version": manifest.get("encoder_version"),
-            "dim": manifest["dim"], "metric": manifest.get("metric", "ip"),
+            "runtime": manifest.get("runtime"), "dim": manifest["dim"], "metric": manifest.get("metric", "ip"),
             "index_type": manifest["index_type"], "faiss_factory": header.get("factory"),
             "search_params": manifest.get("search_params", {}),
             "target_recall": manifest.get("target_recall"),

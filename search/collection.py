@@ -63,10 +63,11 @@ def _above(hits: list[Hit], min_score: float | None) -> list[Hit]:
 
 
 def create(directory: str | Path, *, encoder: str = "minilm", index_type: str = "auto", params: dict | None = None,
-           target_recall: float | None = None) -> Collection:
-    """A new, empty index in `directory` (see `latent encoders` for the encoder names)."""
+           target_recall: float | None = None, runtime: str | None = None) -> Collection:
+    """A new, empty index in `directory` (see `latent encoders` for the encoder names; `runtime`,
+    onnx or torch, runs the bundled networks)."""
     return Collection.create(directory, encoder=encoder, index_type=index_type, params=params,
-                             target_recall=target_recall)
+                             target_recall=target_recall, runtime=runtime)
 
 
 def open(directory: str | Path, *, progress: Progress = _no_progress) -> Collection:  # noqa: A001 (as gzip.open)

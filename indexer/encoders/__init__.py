@@ -1,6 +1,7 @@
 """Encoders: a registry from names (or prefixes such as `clip:`) to factories, open to
 plugins (see latent.indexer.plugins). Heavy libraries (torch, sentence-transformers) are
-imported only when an encoder that needs them loads."""
+imported only when an encoder that needs them loads; the bundled networks run on onnxruntime
+by default (see runtime.py), and an index records which runtime made its vectors."""
 
 from __future__ import annotations
 
@@ -8,49 +9,61 @@ from typing import Callable
 
 from ..errors import EncoderUnavailable
 from ..plugins import call_hook
-from .base import Encoder, normalize
+from .base import Encoder, EncoderSpec, normalize
 from .clip import load_clip
-from .conse import ConseEncoder
-from .efficientnet import load_efficientnet
+from .conse import ConseEncoder, conse_spec
+from .efficientnet import efficientnet_spec, load_efficientnet
 from .glove import GloveEncoder
-from .sentence import SentenceTransformerEncoder, load_minilm
+from .minilm import load_minilm, minilm_spec
+from .runtime import RUNTIMES, check_runtime, default_runtime
+from .sentence import SentenceTransformerEncoder
 from .vectors import parse
 
-_FACTORIES: dict[str, tuple[Callable[[], Encoder], str]] = {}
+_FACTORIES: dict[str, tuple[Callable[..., Encoder], str]] = {}
+# name -> (runtimes it runs on, the spec of a runtime known without loading) for the bundled networks
+_RUNTIMES: dict[str, tuple[tuple[str, ...], Callable[[str], EncoderSpec]]] = {}
 # prefix -> (factory of the rest of the name, description, canonical form of the rest, cached, what the rest is)
 _PREFIXES: dict[str, tuple[Callable[[str], Encoder], str, Callable[[str], str], bool, str]] = {}
 _LOADED: dict[str, Encoder] = {}
 
 
 def register(name: str, factory: Callable, description: str, *, canonical: Callable[[str], str] | None = None,
-             cached: bool = True, argument: str = "<argument>") -> None:
+             cached: bool = True, argument: str = "<argument>", runtimes: tuple[str, ...] = (),
+             spec: Callable[[str], EncoderSpec] | None = None) -> None:
     """Register an encoder under a name (`latent encoders` lists them). A name ending in ":"
     is a prefix: `factory(rest)` makes the encoder `prefix + rest`, `canonical(rest)` gives
     the form an index records (absolute paths, say), `cached=False` leaves the caching of
-    loaded encoders to the factory, and `argument` names the rest in listings."""
+    loaded encoders to the factory, and `argument` names the rest in listings. A name with
+    `runtimes` is made by `factory(runtime)`, and `spec(runtime)` says what an index records
+    of it without loading it."""
     if name.endswith(":"):
         _PREFIXES[name] = (factory, description, canonical or (lambda rest: rest), cached, argument)
     else:
         _FACTORIES[name] = (factory, description)
+        if runtimes:
+            _RUNTIMES[name] = (tuple(runtimes), spec or (lambda runtime: get_encoder(name, runtime).spec()))
 
 
 def _plugins() -> None:
     call_hook("register_encoders", register)
 
 
-def _conse() -> Encoder:
-    return ConseEncoder(get_encoder("minilm"), get_encoder("efficientnet"))
+def _conse(runtime: str) -> Encoder:
+    return ConseEncoder(get_encoder("minilm", runtime), get_encoder("efficientnet", runtime))
 
 
 def _vectors(rest: str) -> Encoder:
     return parse("vectors:" + rest)
 
 
-register("minilm", load_minilm, "all-MiniLM-L6-v2 sentence embeddings, 384-d (bundled; the default encoder of create)")
+register("minilm", load_minilm, "all-MiniLM-L6-v2 sentence embeddings, 384-d (bundled; the default encoder of create)",
+         runtimes=RUNTIMES, spec=minilm_spec)
 register("glove", GloveEncoder, "GloVe 6B word vectors, 50-d, 400,000 words (bundled; the @words index)")
 register("efficientnet", load_efficientnet,
-         "EfficientNet-Lite0 ImageNet CNN, 1280-d image features + top-5 labels (bundled; images only)")
-register("conse", _conse, "texts and images in one 384-d space, offline: ConSE over efficientnet + minilm (bundled)")
+         "EfficientNet-Lite0 ImageNet CNN, 1280-d image features + top-5 labels (bundled; images only)",
+         runtimes=RUNTIMES, spec=efficientnet_spec)
+register("conse", _conse, "texts and images in one 384-d space, offline: ConSE over efficientnet + minilm (bundled)",
+         runtimes=RUNTIMES, spec=conse_spec)
 register("st:", SentenceTransformerEncoder,
          "any sentence-transformers model: a local folder, or a hub name (needs a network)", argument="<name-or-path>")
 register("clip:", load_clip, "open_clip, texts and images: a pretrained tag (needs a network or the hub cache) or a "
@@ -84,23 +97,49 @@ def canonical_name(name: str) -> str:
     return prefix + _PREFIXES[prefix][2](name[len(prefix):]) if prefix else name
 
 
-def get_encoder(name: str) -> Encoder:
-    """Return the encoder called `name`, loading it once per process."""
-    if name in _LOADED:
-        return _LOADED[name]
+def _runtime_of(name: str, runtime: str | None) -> str | None:
+    """The runtime `name` runs on: `runtime`, else the default; None for encoders without runtimes."""
+    if name not in _RUNTIMES:
+        return None
+    runtime = check_runtime(runtime) if runtime is not None else default_runtime()
+    allowed = _RUNTIMES[name][0]
+    if runtime not in allowed:
+        raise EncoderUnavailable(f"encoder {name!r} runs on {' or '.join(allowed)}, not {runtime}")
+    return runtime
+
+
+def encoder_spec(name: str, runtime: str | None = None) -> EncoderSpec:
+    """What an index records of the encoder `name` on `runtime` (default: $LATENT_RUNTIME or onnx);
+    the bundled encoders say it without loading their models."""
+    chosen = _runtime_of(name, runtime)
+    if chosen is not None:
+        return _RUNTIMES[name][1](chosen)
+    return get_encoder(name).spec()
+
+
+def get_encoder(name: str, runtime: str | None = None) -> Encoder:
+    """Return the encoder called `name`, loading it once per process. The bundled networks run
+    on `runtime` (onnx or torch; default: $LATENT_RUNTIME, else onnx); others have one way to run."""
+    chosen = _runtime_of(name, runtime)
+    cache_key = name if chosen is None else f"{name}@{chosen}"
+    if cache_key in _LOADED:
+        return _LOADED[cache_key]
     prefix = _prefix_of(name)
     if prefix is not None:
         factory, _, canonical, cached, _ = _PREFIXES[prefix]
         encoder = factory(canonical(name[len(prefix):]))
         if not cached:  # the factory caches (a plugin that sees its model file change on disk)
             return encoder
+    elif chosen is not None:
+        encoder = _FACTORIES[name][0](chosen)
     elif name in _FACTORIES:
         encoder = _FACTORIES[name][0]()
     else:
         known = ", ".join(list_encoders())
         raise EncoderUnavailable(f"unknown encoder {name!r}; known encoders: {known}")
-    _LOADED[name] = encoder
+    _LOADED[cache_key] = encoder
     return encoder
 
 
-__all__ = ["Encoder", "normalize", "get_encoder", "list_encoders", "register", "canonical_name"]
+__all__ = ["Encoder", "EncoderSpec", "normalize", "get_encoder", "encoder_spec", "list_encoders", "register",
+           "canonical_name", "RUNTIMES"]

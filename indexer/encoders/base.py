@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -64,6 +65,18 @@ TEXT_ENCODERS = "minilm, conse, glove (single words), st:<name-or-path>, clip:<a
 IMAGE_ENCODERS = "efficientnet, conse, clip:<arch>/<pretrained>, vae:<model file>"
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an index records of its encoder; bundled encoders know it without loading a model.
+    `runtime` is onnx or torch for the bundled networks, None for encoders with one way to run."""
+
+    name: str
+    version: str
+    dim: int
+    modalities: tuple[str, ...]
+    runtime: str | None = None
+
+
 class Encoder:
     """Maps items (texts, words, images) to vectors of one latent space.
 
@@ -76,7 +89,11 @@ class Encoder:
     version: str = "1"
     dim: int = 0
     modalities: tuple[str, ...] = ()
+    runtime: str | None = None
     default_batch_size: int = 64
+
+    def spec(self) -> EncoderSpec:
+        return EncoderSpec(self.name, self.version, self.dim, tuple(self.modalities), self.runtime)
 
     # -- texts and words -----------------------------------------------------------------
     def _embed(self, items: Sequence[str]) -> np.ndarray:

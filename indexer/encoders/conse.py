@@ -13,7 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from ..paths import cache_dir
-from .base import Encoder, normalize
+from .base import Encoder, EncoderSpec, normalize
+from .efficientnet import efficientnet_spec
+from .minilm import minilm_spec
 
 # Chosen by measurement (benchmarks/bench_conse.py: 14 text queries against 13 bundled photos;
 # T in 1, 3, 5, 10, 20 x 4 prompts): T=5 with "an image of {}" ranked the right photo first
@@ -33,8 +35,8 @@ class ConseEncoder(Encoder):
         self.text = text  # minilm
         self.cnn = cnn  # efficientnet: `labels` and `forward` give ImageNet class logits
         self.top_t, self.prompt = int(top_t), prompt
-        self.dim = self.text.dim
-        self.version = f"T{self.top_t}|{self.prompt}|{self.text.version}|{self.cnn.version}"
+        self.dim, self.runtime = self.text.dim, self.text.runtime
+        self.version = _version(self.top_t, self.prompt, self.text.version, self.cnn.version)
         self.class_vectors = _class_vectors(self.text, tuple(self.cnn.labels), prompt)
 
     def _embed(self, items: Sequence[str]) -> np.ndarray:
@@ -54,6 +56,17 @@ class ConseEncoder(Encoder):
         weights = np.take_along_axis(probs, top, axis=1)
         weights /= weights.sum(axis=1, keepdims=True)
         return np.einsum("nt,ntd->nd", weights, self.class_vectors[top]).astype(np.float32)
+
+
+def _version(top_t: int, prompt: str, text_version: str, cnn_version: str) -> str:
+    return f"T{top_t}|{prompt}|{text_version}|{cnn_version}"
+
+
+def conse_spec(runtime: str) -> EncoderSpec:
+    """What an index records of conse on `runtime`, known without loading either network."""
+    text, cnn = minilm_spec(runtime), efficientnet_spec(runtime)
+    return EncoderSpec("conse", _version(TOP_T, PROMPT, text.version, cnn.version), text.dim, ("text", "image"),
+                       runtime)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

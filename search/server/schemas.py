@@ -45,6 +45,7 @@ class IndexOut(BaseModel):
 class IndexDetailOut(IndexOut):
     directory: str | None = Field(None, description="Where the index lives; not shown by a --public server.")
     encoder_version: str | None = None
+    runtime: str | None = Field(None, description="What ran the bundled network that made the vectors: onnx or torch.")
     metric: str
     faiss_factory: str | None = None
     search_params: dict[str, Any]
