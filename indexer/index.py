@@ -1,10 +1,12 @@
 """An index directory: the store (SQLite, source of truth), the vector index (FAISS,
 derived) and the writer lock. Opening catches a stale vector index up with the store
-(or rebuilds it) before any query; every write goes through here."""
+(or rebuilds it) before any query; every write goes through here. One Index object may be
+shared by threads: reads in a snapshot, writes one thread at a time (see Index)."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,11 +19,11 @@ from . import tuning
 from . import vector_index as vx
 from .encoders import Encoder, canonical_name, get_encoder, normalize
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
-from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary,
-                     StorageError)
+from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, LatentError,
+                     OutOfVocabulary, StorageError)
 from .filters import parse_where
 from .images import ImageRefused, prefetch, prepare
-from .lock import WriteLock, env_seconds
+from .lock import ReadWriteLock, WriteLock, env_seconds
 from .readers import as_items, records_from_texts
 from .records import Item, Record, Skip, content_hash
 from .store import DB_NAME, SeenKeys, Store
@@ -117,7 +119,12 @@ def _duplicate(rec: Record, key: str, first: Record | None) -> str:
 
 
 class Index:
-    """A latent index directory. Use `Index.create` or `Index.open`."""
+    """A latent index directory. Use `Index.create` or `Index.open`.
+
+    Threads may share one Index object. Each reads the store through its own connection; a
+    search reads inside `snapshot()`, which holds the vector index (shared with other readers)
+    at the snapshot's generation. A write takes the write lock (one thread, one process at a
+    time) and changes the vector index only together with its commit, while no reader holds it."""
 
     def __init__(self, directory: Path, store: Store):
         self.directory = Path(directory)
@@ -125,7 +132,9 @@ class Index:
         self.manifest = store.manifest()
         self._vectors: vx.VectorIndex | None = None
         self._encoder: Encoder | None = None
+        self._encoder_lock = threading.Lock()
         self._lock = WriteLock(self.directory)
+        self._guard = ReadWriteLock(self._write_in_snapshot)  # over self._vectors: searches share, writes exclude
         self.recovered: str | None = None  # what opening had to repair, if anything
         self._tuned: dict | None = None  # measured by the last build with tuning, until stored
 
@@ -201,10 +210,13 @@ class Index:
 
     @property
     def encoder(self) -> Encoder:
-        """The index's own encoder, loaded on first use."""
+        """The index's own encoder, loaded on first use (once, whichever thread asks first)."""
         if self._encoder is None:
-            self._encoder = get_encoder(self.encoder_name)
-            self.check_encoder(self._encoder)
+            with self._encoder_lock:
+                if self._encoder is None:
+                    encoder = get_encoder(self.encoder_name)
+                    self.check_encoder(encoder)
+                    self._encoder = encoder
         return self._encoder
 
     def check_encoder(self, encoder: Encoder | str) -> None:
@@ -232,9 +244,27 @@ class Index:
         return vectors
 
     # -- reading the store (the search side reads through these, never the store itself) -----
-    def snapshot(self):
-        """A context in which every read sees one committed generation of the store."""
-        return self.store.snapshot()
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A context in which every read of this thread sees one committed generation of the
+        store, and `vectors` is the vector index at that generation: no write, of any thread,
+        changes either until it ends. A snapshot inside a snapshot of the same thread is the
+        same one; a thread cannot write inside its own snapshot."""
+        if self._guard.sharing():
+            yield
+            return
+        while True:
+            with self._guard.shared(), self.store.snapshot():
+                vindex = self._vectors
+                if vindex is not None and vindex.generation == self.store.generation():
+                    yield
+                    return
+            with self._guard.exclusive():  # not loaded yet, or behind (another process wrote): catch up, retry
+                self._current_vectors()
+
+    def _write_in_snapshot(self) -> LatentError:
+        return LatentError(f"cannot write to {self.directory} inside a snapshot of it in the same thread: the "
+                           "snapshot holds one generation until it ends; write after the snapshot")
 
     def generation(self) -> int:
         """The store's generation: it grows with every committed write."""
@@ -284,25 +314,22 @@ class Index:
     # -- the vector index ---------------------------------------------------------------------
     @property
     def vectors(self) -> vx.VectorIndex:
-        """The vector index, current with the store (loaded, caught up or rebuilt as needed)."""
+        """The vector index, current with the store (loaded, caught up or rebuilt as needed);
+        inside a snapshot, the one at the snapshot's generation. Threads sharing this object
+        search it inside a snapshot: outside one, a write of another thread may change it."""
+        if self._guard.sharing():
+            return self._vectors
+        with self.snapshot():
+            return self._vectors
+
+    def _current_vectors(self) -> vx.VectorIndex:
+        """The vector index loaded, or caught up with writes made since (by another process);
+        under the exclusive lock of self._guard."""
         if self._vectors is None:
             self._vectors = self._load_vectors()
-        else:
-            self.refresh()
-        return self._vectors
-
-    def load_vectors(self) -> vx.VectorIndex:
-        """The vector index as loaded (and repaired) on first use, without checking the store
-        for newer writes: readers call `refresh()` inside their read transaction."""
-        if self._vectors is None:
-            self._vectors = self._load_vectors()
-        return self._vectors
-
-
-    def refresh(self) -> None:
-        """Catch the loaded vector index up with writes made since (by this or another process)."""
-        if self._vectors is not None and self.store.generation() != self._vectors.generation:
+        elif self.store.generation() != self._vectors.generation:
             self._catch_up(self._vectors)
+        return self._vectors
 
     def _load_vectors(self) -> vx.VectorIndex:
         try:
@@ -425,7 +452,7 @@ class Index:
         """Tune the search parameters to `target_recall` (default: the index's stored target) on
         held-out items, rebuilding the vector index; the target is kept for later re-tuning.
         Returns what was measured (see indexer/tuning.py)."""
-        with self._lock:
+        with self._writer():
             self.manifest = self.store.manifest()
             target = target_recall if target_recall is not None else self.manifest.get("target_recall")
             if target is None:
@@ -445,11 +472,27 @@ class Index:
                 self.store.set_manifest(tuning=record)
                 self.manifest = self.store.manifest()
                 return record
-            self._vectors = self._build_vectors(progress, tune=True)
+            self._replace_vectors(self._build_vectors(progress, tune=True))
             record = self._tuned
             self._save_vectors()
             self._record_tuning()
         return record
+
+    def _replace_vectors(self, vindex: vx.VectorIndex) -> None:
+        """Swap in a vector index built from the store, at the generation of the one it replaces."""
+        with self._guard.exclusive():
+            self._vectors = vindex
+
+    def _apply(self, generation: int, removed: Sequence[int], ids: np.ndarray | None = None,
+               vectors: np.ndarray | None = None) -> None:
+        """Bring the vector index to `generation`, the write just committed: remove `removed`,
+        add `ids`. The caller holds the exclusive lock from before the commit, so no reader
+        sees the store and the vector index at different generations."""
+        vindex = self._vectors
+        vindex.remove(np.asarray(removed, dtype=np.int64))
+        if ids is not None:
+            vindex.add(ids, vectors)
+        vindex.generation = generation
 
     def _save_vectors(self) -> None:
         vindex = self._vectors
@@ -459,7 +502,8 @@ class Index:
                                     vectors_factory=vindex.factory)
 
         try:
-            vindex.save(self.directory, vindex.generation, on_saved=record)
+            with self._guard.shared():  # searches may run meanwhile, changes may not
+                vindex.save(self.directory, vindex.generation, on_saved=record)
         except OSError as e:
             raise StorageError(
                 f"could not write {self.directory / vx.FILE_NAME} ({e.strerror or e}); the previous file is left as "
@@ -467,8 +511,22 @@ class Index:
                 "from latent.db when the index is next opened, or by `latent rebuild` once there is room") from e
 
     # -- writes ---------------------------------------------------------------------------------
-    def _begin_write(self) -> None:
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """The write lock, held by this thread."""
+        self._begin_lock()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _begin_lock(self) -> None:
+        if self._guard.sharing():  # its write would wait for its own snapshot to end
+            raise self._write_in_snapshot()
         self._lock.acquire()
+
+    def _begin_write(self) -> None:
+        self._begin_lock()
         try:
             self.manifest = self.store.manifest()
             _ = self.vectors  # load and catch up under the lock
@@ -483,7 +541,7 @@ class Index:
                 n = self.store.count()
                 rebuilt = vindex.wants_rebuild(self.index_type, n) or tuning.wants_retune(self.manifest, n)
                 if rebuilt:
-                    self._vectors = self._build_vectors(progress, tune=True)
+                    self._replace_vectors(self._build_vectors(progress, tune=True))
                 if rebuilt or self._vectors.generation != self.store.manifest().get("vectors_generation"):
                     self._save_vectors()
                     self._record_tuning()
@@ -673,11 +731,9 @@ class Index:
                  "metadata": metadata_json({**json.loads(by_key[key][2]), **more}) if more else by_key[key][2],
                  "vector": vec}
                 for (key, rec, _), vec, more in zip(to_encode, vectors, extra)]
-        generation, ids = self.store.write_batch(rows, replace_ids=replace_ids, metadata_updates=meta_updates)
-        vindex = self._vectors
-        vindex.remove(np.array(replace_ids, dtype=np.int64))
-        vindex.add(ids, vectors)
-        vindex.generation = generation
+        with self._guard.exclusive():
+            generation, ids = self.store.write_batch(rows, replace_ids=replace_ids, metadata_updates=meta_updates)
+            self._apply(generation, replace_ids, ids, vectors)
         report.added += len(rows) - len(replace_ids)
         report.replaced += len(replace_ids)
         report.metadata_updated += len(meta_updates)
@@ -754,10 +810,9 @@ class Index:
                      "metadata": metadata_json(m), "vector": v}
                     for k, v, m, t in zip(keys, vectors, metadata, texts)]
             replace_ids = [existing[k][0] for k in keys if k in existing]
-            generation, ids = self.store.write_batch(rows, replace_ids=replace_ids)
-            self._vectors.remove(np.array(replace_ids, dtype=np.int64))
-            self._vectors.add(ids, vectors)
-            self._vectors.generation = generation
+            with self._guard.exclusive():
+                generation, ids = self.store.write_batch(rows, replace_ids=replace_ids)
+                self._apply(generation, replace_ids, ids, vectors)
             report.added, report.replaced = len(rows) - len(replace_ids), len(replace_ids)
             report.committed.append((generation, len(rows)))
         return report
@@ -767,9 +822,9 @@ class Index:
         ids = None
         try:
             with self._writing():
-                generation, ids, missing = self.store.delete_keys(list(keys))
-                self._vectors.remove(ids)
-                self._vectors.generation = generation
+                with self._guard.exclusive():
+                    generation, ids, missing = self.store.delete_keys(list(keys))
+                    self._apply(generation, ids)
         except StorageError as e:
             if ids is None:
                 raise
@@ -785,10 +840,11 @@ class Index:
         unreadable metadata is kept as text under `_damaged_metadata`, and a row from a
         generation the store does not know is moved to the current one. Returns what was repaired.
         """
-        with self._lock:
+        with self._writer():
             self.manifest = self.store.manifest()
-            repaired = self._repair_rows()
-            self._vectors = self._build_vectors(progress, tune=True)
+            with self._guard.exclusive():  # repairs keep the generation: no search may read rows meanwhile
+                repaired = self._repair_rows()
+            self._replace_vectors(self._build_vectors(progress, tune=True))
             self._save_vectors()
             self._record_tuning()
         return repaired

@@ -84,10 +84,8 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
     queries = normalize(index.check_vectors(vectors))
     if len(queries) and not queries.any(axis=1).all():
         raise InputError("the query vector is all zeros: it has no direction to search by")
-    index.load_vectors()  # load (a repair may write) before the read transaction
     with index.snapshot():  # one generation: the filter, the vector search and the rows of its hits
-        index.refresh()
-        allowed = index.matching_ids(where, index.load_vectors().generation)
+        allowed = index.matching_ids(where, index.vectors.generation)
         if exclude_keys:
             found = index.lookup(list(exclude_keys))
             excluded = {v[0] for v in found.values()}
@@ -101,7 +99,7 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
 
 
 def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    vindex = index.load_vectors()  # current: the caller refreshed it inside its snapshot
+    vindex = index.vectors  # the snapshot's, which the caller holds
     k = min(k, max(vindex.ntotal, 1))  # a k beyond the item count asks for every item
     if allowed is not None and len(allowed) <= EXACT_SCAN_MAX and not vindex.exact:
         return _exact_scan(index, queries, allowed, k)
@@ -130,7 +128,7 @@ def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | No
 
 def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k over the stored vectors of `ids`."""
-    vectors = index.load_vectors().exact_vectors(ids) if len(ids) else None
+    vectors = index.vectors.exact_vectors(ids) if len(ids) else None
     if vectors is None:
         vectors = index.vectors_of(ids)
     return exact_topk(queries, vectors, k, ids=ids)
@@ -139,7 +137,7 @@ def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> t
 def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded: set[int]) -> list[list[Hit]]:
     """Hits for each query's (scores, ids) row; the rows of all queries' ids are read at once."""
     wanted = np.unique(ids[ids >= 0]).tolist()
-    rows = index.rows(wanted, index.load_vectors().generation)
+    rows = index.rows(wanted, index.vectors.generation)
     ids_list = ids.tolist()
     scores_list = scores.tolist()
     out = []
