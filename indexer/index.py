@@ -244,23 +244,12 @@ class Index:
         return vectors
 
     # -- reading the store (the search side reads through these, never the store itself) -----
-    @contextmanager
-    def snapshot(self) -> Iterator[None]:
+    def snapshot(self) -> "_Snapshot":
         """A context in which every read of this thread sees one committed generation of the
         store, and `vectors` is the vector index at that generation: no write, of any thread,
         changes either until it ends. A snapshot inside a snapshot of the same thread is the
         same one; a thread cannot write inside its own snapshot."""
-        if self._guard.sharing():
-            yield
-            return
-        while True:
-            with self._guard.shared(), self.store.snapshot():
-                vindex = self._vectors
-                if vindex is not None and vindex.generation == self.store.generation():
-                    yield
-                    return
-            with self._guard.exclusive():  # not loaded yet, or behind (another process wrote): catch up, retry
-                self._current_vectors()
+        return _Snapshot(self)
 
     def _write_in_snapshot(self) -> LatentError:
         return LatentError(f"cannot write to {self.directory} inside a snapshot of it in the same thread: the "
@@ -967,6 +956,53 @@ class Index:
                     problems.append(f"{vx.FILE_NAME} holds duplicate ids; run `latent rebuild`")
         return {"ok": not problems, "problems": problems, "notes": notes,
                 "sqlite_integrity": integrity[0] if integrity else "", **facts}
+
+
+class _Snapshot:
+    """Index.snapshot's context: the vector index shared (see ReadWriteLock) and a read
+    transaction of the store at its generation. A class: it is on the path of every search."""
+
+    __slots__ = ("index", "read")
+
+    def __init__(self, index: Index):
+        self.index = index
+        self.read = None
+
+    def __enter__(self) -> None:
+        index = self.index
+        guard = index._guard
+        if guard.sharing():  # nested: the outer snapshot holds it all
+            return
+        while True:
+            guard.acquire_shared()
+            try:
+                read = index.store.snapshot()
+                store = read.__enter__()
+            except BaseException:
+                guard.release_shared()
+                raise
+            try:
+                vindex = index._vectors
+                current = vindex is not None and vindex.generation == store.generation()
+            except BaseException:
+                self._end(read, None)
+                raise
+            if current:
+                self.read = read
+                return
+            self._end(read, None)
+            with guard.exclusive():  # not loaded yet, or behind (another process wrote): catch up, retry
+                index._current_vectors()
+
+    def __exit__(self, *exc) -> None:
+        if self.read is not None:
+            self._end(self.read, exc)
+
+    def _end(self, read, exc) -> None:
+        try:
+            read.__exit__(*(exc or (None, None, None)))
+        finally:
+            self.index._guard.release_shared()
 
 
 def _keys(keys: Sequence[str], shown: int = 5) -> str:

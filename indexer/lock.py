@@ -11,7 +11,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import InputError, LockTimeout
 
@@ -119,40 +119,48 @@ class ReadWriteLock:
     holder may share or hold it again. A thread sharing it cannot hold it exclusively (it
     would wait for itself): `exclusive` raises `upgrade_error()` instead."""
 
-    def __init__(self, upgrade_error):
-        self._cond = threading.Condition(threading.Lock())
+    def __init__(self, upgrade_error: Callable[[], Exception]):
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._sharers = 0
         self._waiting = 0  # threads waiting to hold it exclusively
         self._owner: int | None = None
-        self._depth = threading.local()  # this thread's nesting of `shared`
+        self._mine = threading.local()  # .depth: this thread's nesting of shares; .counted: in _sharers
         self._upgrade_error = upgrade_error
 
     def sharing(self) -> bool:
-        """Whether this thread shares the lock (inside `shared`)."""
-        return getattr(self._depth, "n", 0) > 0
+        """Whether this thread shares the lock."""
+        return getattr(self._mine, "depth", 0) > 0
+
+    def acquire_shared(self) -> None:
+        mine = self._mine
+        depth = getattr(mine, "depth", 0)
+        if not depth:
+            owner = self._owner
+            mine.counted = owner is None or owner != threading.get_ident()
+            if mine.counted:
+                with self._mutex:  # (the condition's lock: entered directly, it costs less)
+                    while self._owner is not None or self._waiting:
+                        self._cond.wait()
+                    self._sharers += 1
+        mine.depth = depth + 1
+
+    def release_shared(self) -> None:
+        mine = self._mine
+        mine.depth -= 1
+        if not mine.depth and mine.counted:
+            with self._mutex:
+                self._sharers -= 1
+                if not self._sharers and self._waiting:
+                    self._cond.notify_all()
 
     @contextmanager
     def shared(self) -> Iterator[None]:
-        local = self._depth
-        depth = getattr(local, "n", 0)
-        if not depth and self._owner != threading.get_ident():
-            with self._cond:
-                while self._owner is not None or self._waiting:
-                    self._cond.wait()
-                self._sharers += 1
-            counted = True
-        else:
-            counted = False
-        local.n = depth + 1
+        self.acquire_shared()
         try:
             yield
         finally:
-            local.n = depth
-            if counted:
-                with self._cond:
-                    self._sharers -= 1
-                    if not self._sharers:
-                        self._cond.notify_all()
+            self.release_shared()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -6,13 +6,17 @@ on flat and HNSW; then two writer threads on one object. Every reader observatio
 committed generation: whole batches only, no duplicates, never more hits than items, and a
 batch the writers reported committed (and not yet deleted) is found. Every writer report must
 be true: each batch reported committed is in the store, none reported failed is. Afterwards
-check() passes and a reopened index holds exactly the committed items.
+check() passes and a reopened index holds exactly the committed items. Also: a thread cannot
+write inside its own snapshot (refused, not a deadlock), a second writer thread waits for the
+first (and times out with a clear error), and each thread's connection closes with its thread.
 
 Threads that hang fail the test (joins are bounded); every thread is a daemon.
 """
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
 import time
 import traceback
@@ -22,7 +26,8 @@ import numpy as np
 import pytest
 from conftest import sql, word_records
 
-from latent.indexer import Index
+from latent.indexer import Index, LatentError
+from latent.indexer.errors import LockTimeout
 from latent.search.query import search_vectors
 
 BATCH = 500
@@ -195,3 +200,70 @@ def test_two_writers_and_readers_share_one_object(shared_index, index_type):
     assert not log.errors, "\n".join(log.errors[:3])
     assert len(log.committed) >= 6 and min(rounds) >= 1, (log.committed, rounds)
     assert_reports_true(index, log)
+
+
+def test_a_thread_cannot_write_inside_its_own_snapshot(shared_index):
+    """A write would wait for the thread's own snapshot to end: it is refused at once instead."""
+    index, log = shared_index("flat", 3)
+    with index.snapshot():
+        with pytest.raises(LatentError, match="inside a snapshot"):
+            index.add(records(log, 2), batch_size=BATCH)
+        with pytest.raises(LatentError, match="inside a snapshot"):
+            index.delete(log.plan[0])
+        assert index.count() == 2 * BATCH
+    index.add(records(log, 2), batch_size=BATCH)  # after it: fine
+    assert index.count() == 3 * BATCH
+    index.close()
+
+
+def test_a_second_writer_thread_waits_for_the_first_then_times_out_clearly(shared_index, monkeypatch):
+    monkeypatch.setenv("LATENT_LOCK_TIMEOUT", "0.3")
+    index, log = shared_index("flat", 4)
+    index.close()
+    index = Index.open(index.directory)  # its write lock times out after 0.3 s
+    committed, release = threading.Event(), threading.Event()
+
+    def first():
+        index.add(records(log, 2), batch_size=BATCH, on_commit=lambda g, n: (committed.set(), release.wait(30)))
+
+    thread = threading.Thread(target=first, daemon=True)
+    thread.start()
+    assert committed.wait(30)
+    with pytest.raises(LockTimeout, match="another thread of this process"):
+        index.add(records(log, 3), batch_size=BATCH)
+    release.set()
+    thread.join(30)
+    index.add(records(log, 3), batch_size=BATCH)
+    assert index.count() == 4 * BATCH and index.check()["ok"]
+    index.close()
+
+
+def open_files(directory) -> int:
+    """How many descriptors of this process are open on the index's database files."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}").startswith(str(directory / "latent.db"))
+        except OSError:
+            continue
+    return found
+
+
+def test_each_thread_connection_is_closed_when_its_thread_ends(shared_index):
+    """Threads come and go (a server's pool, a script's workers): the connection each opened closes
+    when it ends. (SQLite keeps a closed connection's descriptor while another connection of the
+    process holds a lock on the file, and reuses it: their number must not grow.)"""
+    index, _ = shared_index("flat", 2)
+    after = []
+    for _ in range(4):
+        threads = [threading.Thread(target=lambda: search_vectors(index, np.ones(50), k=3)) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        gc.collect()
+        after.append(open_files(index.directory))
+    assert len(index.store._connections) == 1  # the main thread's
+    assert max(after[1:]) <= after[0], after
+    index.close()
+    assert open_files(index.directory) == 0
