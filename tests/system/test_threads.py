@@ -255,8 +255,14 @@ def test_each_thread_connection_is_closed_when_its_thread_ends(shared_index):
     process holds a lock on the file, and reuses it: their number must not grow.)"""
     index, _ = shared_index("flat", 2)
     after = []
+    together = threading.Barrier(10)  # each round's 10 connections are open at once
+
+    def search_then_wait():
+        search_vectors(index, np.ones(50), k=3)
+        together.wait(30)
+
     for _ in range(4):
-        threads = [threading.Thread(target=lambda: search_vectors(index, np.ones(50), k=3)) for _ in range(10)]
+        threads = [threading.Thread(target=search_then_wait) for _ in range(10)]
         for thread in threads:
             thread.start()
         for thread in threads:
