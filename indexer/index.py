@@ -244,16 +244,23 @@ class Index:
         return vectors
 
     # -- reading the store (the search side reads through these, never the store itself) -----
-    def snapshot(self) -> "_Snapshot":
+    def snapshot(self, *, vectors: bool = False) -> "_Snapshot":
         """A context in which every read of this thread sees one committed generation of the
-        store, and `vectors` is the vector index at that generation: no write, of any thread,
+        store, and `vectors` is the vector index at that generation (loaded first with
+        `vectors=True`; otherwise only if it is loaded already): no write, of any thread,
         changes either until it ends. A snapshot inside a snapshot of the same thread is the
         same one; a thread cannot write inside its own snapshot."""
-        return _Snapshot(self)
+        return _Snapshot(self, vectors)
 
     def _write_in_snapshot(self) -> LatentError:
         return LatentError(f"cannot write to {self.directory} inside a snapshot of it in the same thread: the "
                            "snapshot holds one generation until it ends; write after the snapshot")
+
+    def _loaded_in_snapshot(self) -> vx.VectorIndex:
+        if self._vectors is None:
+            raise LatentError(f"the vector index of {self.directory} is not loaded in this snapshot; "
+                              "open the snapshot with snapshot(vectors=True)")
+        return self._vectors
 
     def generation(self) -> int:
         """The store's generation: it grows with every committed write."""
@@ -307,8 +314,8 @@ class Index:
         inside a snapshot, the one at the snapshot's generation. Threads sharing this object
         search it inside a snapshot: outside one, a write of another thread may change it."""
         if self._guard.sharing():
-            return self._vectors
-        with self.snapshot():
+            return self._loaded_in_snapshot()
+        with self.snapshot(vectors=True):
             return self._vectors
 
     def _current_vectors(self) -> vx.VectorIndex:
@@ -962,16 +969,18 @@ class _Snapshot:
     """Index.snapshot's context: the vector index shared (see ReadWriteLock) and a read
     transaction of the store at its generation. A class: it is on the path of every search."""
 
-    __slots__ = ("index", "read")
+    __slots__ = ("index", "vectors", "read")
 
-    def __init__(self, index: Index):
-        self.index = index
+    def __init__(self, index: Index, vectors: bool):
+        self.index, self.vectors = index, vectors
         self.read = None
 
     def __enter__(self) -> None:
         index = self.index
         guard = index._guard
         if guard.sharing():  # nested: the outer snapshot holds it all
+            if self.vectors:
+                index._loaded_in_snapshot()
             return
         while True:
             guard.acquire_shared()
@@ -983,7 +992,7 @@ class _Snapshot:
                 raise
             try:
                 vindex = index._vectors
-                current = vindex is not None and vindex.generation == store.generation()
+                current = not self.vectors if vindex is None else vindex.generation == store.generation()
             except BaseException:
                 self._end(read, None)
                 raise

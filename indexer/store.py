@@ -161,21 +161,22 @@ class Store:
         self._local.connection = connection
         return connection
 
+    def _connection(self) -> _Connection:
+        """This thread's connection, opened on its first use."""
+        try:
+            return self._local.connection
+        except AttributeError:
+            return self._adopt(_connect(self.path))
+
     @property
     def db(self) -> sqlite_utils.Database:
         """This thread's connection, as sqlite-utils' Database."""
-        try:
-            return self._local.connection.db
-        except AttributeError:
-            return self._adopt(_connect(self.path)).db
+        return self._connection().db
 
     @property
     def conn(self) -> sqlite3.Connection:
         """This thread's connection."""
-        try:
-            return self._local.connection.conn
-        except AttributeError:
-            return self._adopt(_connect(self.path)).conn
+        return self._connection().conn
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod

@@ -84,7 +84,7 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
     queries = normalize(index.check_vectors(vectors))
     if len(queries) and not queries.any(axis=1).all():
         raise InputError("the query vector is all zeros: it has no direction to search by")
-    with index.snapshot():  # one generation: the filter, the vector search and the rows of its hits
+    with index.snapshot(vectors=True):  # one generation: the filter, the vector search and the rows of its hits
         allowed = index.matching_ids(where, index.vectors.generation)
         if exclude_keys:
             found = index.lookup(list(exclude_keys))

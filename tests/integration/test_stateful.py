@@ -570,7 +570,7 @@ class IndexMachine(RuleBasedStateMachine):
             start.wait(30)
             readings[i] = []
             for _ in range(3):
-                with self.index.snapshot():
+                with self.index.snapshot(vectors=True):
                     rows = self.rows_of(search_vectors(self.index, queries, k=k, where=where[0] if where else None))
                     readings[i].append((rows, self.index.count()))
 
