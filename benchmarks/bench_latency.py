@@ -202,7 +202,7 @@ def run_size(n: int, texts: list[str], warm: list[str]) -> dict:
     else:
         print(f"  built {index.directory} in {build_s:.1f} s", flush=True)
     t0 = time.perf_counter()
-    index.load_vectors()
+    _ = index.vectors
     load_s = time.perf_counter() - t0
     print(f"  count {info['count']:,}, index type {info['index_type']} -> faiss factory {info['faiss_factory']} "
           f"(auto: Flat while n * dim <= 2**25 floats, about 87k items of 384-d, HNSW32 beyond), "

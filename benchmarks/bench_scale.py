@@ -210,7 +210,7 @@ def one(spec: dict) -> dict:
         t = time.perf_counter()
         index.add_vectors(keys, vectors)
         build_s += time.perf_counter() - t
-        factory = index.load_vectors().factory
+        factory = index.vectors.factory
         if not factories or factories[-1][1] != factory:
             factories.append((start + len(vectors), factory))
         if time.perf_counter() - last_note > 15:
@@ -221,7 +221,7 @@ def one(spec: dict) -> dict:
     out["build_s"] = build_s
     out["phases_s"] = {**phases.seconds, "other": build_s - sum(phases.seconds.values())}
     out["mem_after_build"] = memory()
-    vindex = index.load_vectors()
+    vindex = index.vectors
     out["factory"], out["factory_history"], out["ntotal"] = vindex.factory, factories, vindex.ntotal
     out["count"] = index.count()
 

@@ -1,10 +1,12 @@
 """An index directory: the store (SQLite, source of truth), the vector index (FAISS,
 derived) and the writer lock. Opening catches a stale vector index up with the store
-(or rebuilds it) before any query; every write goes through here."""
+(or rebuilds it) before any query; every write goes through here. One Index object may be
+shared by threads: reads in a snapshot, writes one thread at a time (see Index)."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,11 +19,11 @@ from . import tuning
 from . import vector_index as vx
 from .encoders import Encoder, canonical_name, encoder_spec, get_encoder, normalize
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
-from .errors import (EncoderMismatch, FilterError, IndexCorrupt, IndexExists, IndexNotFound, InputError, OutOfVocabulary,
-                     StorageError)
+from .errors import (EncoderMismatch, FilterError, IndexCorrupt, IndexExists, IndexNotFound, InputError, LatentError,
+                     OutOfVocabulary, StorageError)
 from .filters import filter_fields, parse_where
 from .images import ImageRefused, prefetch, prepare
-from .lock import WriteLock, env_seconds
+from .lock import ReadWriteLock, WriteLock, env_seconds
 from .readers import as_items, records_from_texts
 from .records import Item, Record, Skip, SkipTally, content_hash
 from .store import DB_NAME, SeenKeys, Store
@@ -134,7 +136,12 @@ def _duplicate(rec: Record, key: str, first: Record | None) -> str:
 
 
 class Index:
-    """A latent index directory. Use `Index.create` or `Index.open`."""
+    """A latent index directory. Use `Index.create` or `Index.open`.
+
+    Threads may share one Index object. Each reads the store through its own connection; a
+    search reads inside `snapshot()`, which holds the vector index (shared with other readers)
+    at the snapshot's generation. A write takes the write lock (one thread, one process at a
+    time) and changes the vector index only together with its commit, while no reader holds it."""
 
     def __init__(self, directory: Path, store: Store):
         self.directory = Path(directory)
@@ -142,7 +149,9 @@ class Index:
         self.manifest = store.manifest()
         self._vectors: vx.VectorIndex | None = None
         self._encoder: Encoder | None = None
+        self._encoder_lock = threading.Lock()
         self._lock = WriteLock(self.directory)
+        self._guard = ReadWriteLock(self._write_in_snapshot)  # over self._vectors: searches share, writes exclude
         self.recovered: str | None = None  # what opening had to repair, if anything
         self._tuned: dict | None = None  # measured by the last build with tuning, until stored
         self._pending_skips: list[tuple[str, int | None, str]] = []  # counted, not yet in the store
@@ -223,10 +232,13 @@ class Index:
 
     @property
     def encoder(self) -> Encoder:
-        """The index's own encoder, loaded on first use."""
+        """The index's own encoder, loaded on first use (once, whichever thread asks first)."""
         if self._encoder is None:
-            self._encoder = get_encoder(self.encoder_name, self.manifest.get("runtime"))
-            self.check_encoder(self._encoder)
+            with self._encoder_lock:
+                if self._encoder is None:
+                    encoder = get_encoder(self.encoder_name, self.manifest.get("runtime"))
+                    self.check_encoder(encoder)
+                    self._encoder = encoder
         return self._encoder
 
     def check_encoder(self, encoder: Encoder | str) -> None:
@@ -254,9 +266,23 @@ class Index:
         return vectors
 
     # -- reading the store (the search side reads through these, never the store itself) -----
-    def snapshot(self):
-        """A context in which every read sees one committed generation of the store."""
-        return self.store.snapshot()
+    def snapshot(self, *, vectors: bool = False) -> "_Snapshot":
+        """A context in which every read of this thread sees one committed generation of the
+        store, and `vectors` is the vector index at that generation (loaded first with
+        `vectors=True`; otherwise only if it is loaded already): no write, of any thread,
+        changes either until it ends. A snapshot inside a snapshot of the same thread is the
+        same one; a thread cannot write inside its own snapshot."""
+        return _Snapshot(self, vectors)
+
+    def _write_in_snapshot(self) -> LatentError:
+        return LatentError(f"cannot write to {self.directory} inside a snapshot of it in the same thread: the "
+                           "snapshot holds one generation until it ends; write after the snapshot")
+
+    def _loaded_in_snapshot(self) -> vx.VectorIndex:
+        if self._vectors is None:
+            raise LatentError(f"the vector index of {self.directory} is not loaded in this snapshot; "
+                              "open the snapshot with snapshot(vectors=True)")
+        return self._vectors
 
     def generation(self) -> int:
         """The store's generation: it grows with every committed write."""
@@ -321,25 +347,22 @@ class Index:
     # -- the vector index ---------------------------------------------------------------------
     @property
     def vectors(self) -> vx.VectorIndex:
-        """The vector index, current with the store (loaded, caught up or rebuilt as needed)."""
+        """The vector index, current with the store (loaded, caught up or rebuilt as needed);
+        inside a snapshot, the one at the snapshot's generation. Threads sharing this object
+        search it inside a snapshot: outside one, a write of another thread may change it."""
+        if self._guard.sharing():
+            return self._loaded_in_snapshot()
+        with self.snapshot(vectors=True):
+            return self._vectors
+
+    def _current_vectors(self) -> vx.VectorIndex:
+        """The vector index loaded, or caught up with writes made since (by another process);
+        under the exclusive lock of self._guard."""
         if self._vectors is None:
             self._vectors = self._load_vectors()
-        else:
-            self.refresh()
-        return self._vectors
-
-    def load_vectors(self) -> vx.VectorIndex:
-        """The vector index as loaded (and repaired) on first use, without checking the store
-        for newer writes: readers call `refresh()` inside their read transaction."""
-        if self._vectors is None:
-            self._vectors = self._load_vectors()
-        return self._vectors
-
-
-    def refresh(self) -> None:
-        """Catch the loaded vector index up with writes made since (by this or another process)."""
-        if self._vectors is not None and self.store.generation() != self._vectors.generation:
+        elif self.store.generation() != self._vectors.generation:
             self._catch_up(self._vectors)
+        return self._vectors
 
     def _load_vectors(self) -> vx.VectorIndex:
         try:
@@ -468,7 +491,7 @@ class Index:
     def clear_skipped(self, *, source: str | None = None) -> int:
         """Forget the recorded skips (of one source only, if given); returns how many were dropped."""
         self.store.require_writable("clearing skips")
-        with self._lock:
+        with self._writer():
             return self.store.clear_skipped(source)
 
     def relink_encoder(self, name: str) -> None:
@@ -476,7 +499,8 @@ class Index:
         the encoder of that name is the same model (the same version, which holds a hash of its
         weights, and the same dimension), so the stored vectors stay its vectors."""
         encoder = get_encoder(name)
-        with self._lock:
+        self.store.require_writable("relinking the encoder")
+        with self._writer():
             self.manifest = self.store.manifest()
             if (encoder.version, encoder.dim) != (self.manifest.get("encoder_version"), self.dim):
                 raise EncoderMismatch(
@@ -492,7 +516,7 @@ class Index:
         held-out items, rebuilding the vector index; the target is kept for later re-tuning.
         Returns what was measured (see indexer/tuning.py)."""
         self.store.require_writable("tuning")
-        with self._lock:
+        with self._writer():
             self.manifest = self.store.manifest()
             target = target_recall if target_recall is not None else self.manifest.get("target_recall")
             if target is None:
@@ -512,11 +536,27 @@ class Index:
                 self.store.set_manifest(tuning=record)
                 self.manifest = self.store.manifest()
                 return record
-            self._vectors = self._build_vectors(progress, tune=True)
+            self._replace_vectors(self._build_vectors(progress, tune=True))
             record = self._tuned
             self._save_vectors()
             self._record_tuning()
         return record
+
+    def _replace_vectors(self, vindex: vx.VectorIndex) -> None:
+        """Swap in a vector index built from the store, at the generation of the one it replaces."""
+        with self._guard.exclusive():
+            self._vectors = vindex
+
+    def _apply(self, generation: int, removed: Sequence[int], ids: np.ndarray | None = None,
+               vectors: np.ndarray | None = None) -> None:
+        """Bring the vector index to `generation`, the write just committed: remove `removed`,
+        add `ids`. The caller holds the exclusive lock from before the commit, so no reader
+        sees the store and the vector index at different generations."""
+        vindex = self._vectors
+        vindex.remove(np.asarray(removed, dtype=np.int64))
+        if ids is not None:
+            vindex.add(ids, vectors)
+        vindex.generation = generation
 
     def _save_vectors(self) -> None:
         vindex = self._vectors
@@ -526,7 +566,8 @@ class Index:
                                     vectors_factory=vindex.factory)
 
         try:
-            vindex.save(self.directory, vindex.generation, on_saved=record)
+            with self._guard.shared():  # searches may run meanwhile, changes may not
+                vindex.save(self.directory, vindex.generation, on_saved=record)
         except OSError as e:
             raise StorageError(
                 f"could not write {self.directory / vx.FILE_NAME} ({e.strerror or e}); the previous file is left as "
@@ -534,9 +575,23 @@ class Index:
                 "from latent.db when the index is next opened, or by `latent rebuild` once there is room") from e
 
     # -- writes ---------------------------------------------------------------------------------
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """The write lock, held by this thread."""
+        self._begin_lock()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _begin_lock(self) -> None:
+        if self._guard.sharing():  # its write would wait for its own snapshot to end
+            raise self._write_in_snapshot()
+        self._lock.acquire()
+
     def _begin_write(self) -> None:
         self.store.require_writable("writing")  # before the lock: a read-only directory has no write.lock to take
-        self._lock.acquire()
+        self._begin_lock()
         self._pending_skips = []  # (a write the disk failed leaves its skips unrecorded)
         try:
             self.manifest = self.store.manifest()
@@ -552,7 +607,7 @@ class Index:
                 n = self.store.count()
                 rebuilt = vindex.wants_rebuild(self.index_type, n) or tuning.wants_retune(self.manifest, n)
                 if rebuilt:
-                    self._vectors = self._build_vectors(progress, tune=True)
+                    self._replace_vectors(self._build_vectors(progress, tune=True))
                 if rebuilt or self._vectors.generation != self.store.manifest().get("vectors_generation"):
                     self._save_vectors()
                     self._record_tuning()
@@ -773,11 +828,9 @@ class Index:
                  "metadata": metadata_json({**json.loads(by_key[key][2]), **more}) if more else by_key[key][2],
                  "vector": vec}
                 for (key, rec, _), vec, more in zip(to_encode, vectors, extra)]
-        generation, ids = self.store.write_batch(rows, replace_ids=replace_ids, metadata_updates=meta_updates)
-        vindex = self._vectors
-        vindex.remove(np.array(replace_ids, dtype=np.int64))
-        vindex.add(ids, vectors)
-        vindex.generation = generation
+        with self._guard.exclusive():
+            generation, ids = self.store.write_batch(rows, replace_ids=replace_ids, metadata_updates=meta_updates)
+            self._apply(generation, replace_ids, ids, vectors)
         report.added += len(rows) - len(replace_ids)
         report.replaced += len(replace_ids)
         report.metadata_updated += len(meta_updates)
@@ -854,10 +907,9 @@ class Index:
                      "metadata": metadata_json(m), "vector": v}
                     for k, v, m, t in zip(keys, vectors, metadata, texts)]
             replace_ids = [existing[k][0] for k in keys if k in existing]
-            generation, ids = self.store.write_batch(rows, replace_ids=replace_ids)
-            self._vectors.remove(np.array(replace_ids, dtype=np.int64))
-            self._vectors.add(ids, vectors)
-            self._vectors.generation = generation
+            with self._guard.exclusive():
+                generation, ids = self.store.write_batch(rows, replace_ids=replace_ids)
+                self._apply(generation, replace_ids, ids, vectors)
             report.added, report.replaced = len(rows) - len(replace_ids), len(replace_ids)
             report.committed.append((generation, len(rows)))
         return report
@@ -867,9 +919,9 @@ class Index:
         ids = None
         try:
             with self._writing():
-                generation, ids, missing = self.store.delete_keys(list(keys))
-                self._vectors.remove(ids)
-                self._vectors.generation = generation
+                with self._guard.exclusive():
+                    generation, ids, missing = self.store.delete_keys(list(keys))
+                    self._apply(generation, ids)
         except StorageError as e:
             if ids is None:
                 raise
@@ -886,10 +938,11 @@ class Index:
         generation the store does not know is moved to the current one. Returns what was repaired.
         """
         self.store.require_writable("rebuilding")
-        with self._lock:
+        with self._writer():
             self.manifest = self.store.manifest()
-            repaired = self._repair_rows()
-            self._vectors = self._build_vectors(progress, tune=True)
+            with self._guard.exclusive():  # repairs keep the generation: no search may read rows meanwhile
+                repaired = self._repair_rows()
+            self._replace_vectors(self._build_vectors(progress, tune=True))
             self._save_vectors()
             self._record_tuning()
         return repaired
@@ -1012,6 +1065,55 @@ class Index:
                     problems.append(f"{vx.FILE_NAME} holds duplicate ids; run `latent rebuild`")
         return {"ok": not problems, "problems": problems, "notes": notes,
                 "sqlite_integrity": integrity[0] if integrity else "", **facts}
+
+
+class _Snapshot:
+    """Index.snapshot's context: the vector index shared (see ReadWriteLock) and a read
+    transaction of the store at its generation. A class: it is on the path of every search."""
+
+    __slots__ = ("index", "vectors", "read")
+
+    def __init__(self, index: Index, vectors: bool):
+        self.index, self.vectors = index, vectors
+        self.read = None
+
+    def __enter__(self) -> None:
+        index = self.index
+        guard = index._guard
+        if guard.sharing():  # nested: the outer snapshot holds it all
+            if self.vectors:
+                index._loaded_in_snapshot()
+            return
+        while True:
+            guard.acquire_shared()
+            try:
+                read = index.store.snapshot()
+                store = read.__enter__()
+            except BaseException:
+                guard.release_shared()
+                raise
+            try:
+                vindex = index._vectors
+                current = not self.vectors if vindex is None else vindex.generation == store.generation()
+            except BaseException:
+                self._end(read, None)
+                raise
+            if current:
+                self.read = read
+                return
+            self._end(read, None)
+            with guard.exclusive():  # not loaded yet, or behind (another process wrote): catch up, retry
+                index._current_vectors()
+
+    def __exit__(self, *exc) -> None:
+        if self.read is not None:
+            self._end(self.read, exc)
+
+    def _end(self, read, exc) -> None:
+        try:
+            read.__exit__(*(exc or (None, None, None)))
+        finally:
+            self.index._guard.release_shared()
 
 
 def _keys(keys: Sequence[str], shown: int = 5) -> str:

@@ -2,7 +2,8 @@
 
 All SQL of latent lives here. Each write is one transaction that bumps the store's
 generation; vectors are float32 blobs; deletions are logged with their generation
-so a vector index at an older generation can catch up.
+so a vector index at an older generation can catch up. Each thread using a Store has
+its own connection, so the transactions of threads sharing it never mix.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -139,19 +141,90 @@ def _json_ids(ids: Sequence[int]) -> str:
     return json.dumps([int(i) for i in ids])
 
 
+class _Connection:
+    """One thread's connection to a store: closed when that thread ends, or with the store."""
+
+    __slots__ = ("db", "conn", "close", "__weakref__")
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+        self.conn = db.conn  # the hot read path calls sqlite3 directly (sqlite-utils' execute parses each SQL)
+        self.close = weakref.finalize(self, db.conn.close)
+
+
+class _Cache:
+    """Rows of hits and answers of filters, all read at one generation (see Store.cached_rows)."""
+
+    __slots__ = ("generation", "rows", "bytes", "filters")
+
+    def __init__(self, generation: int):
+        self.generation = generation
+        self.rows: dict[int, tuple] = {}
+        self.bytes = 0
+        self.filters: dict[tuple, np.ndarray] = {}  # (filter SQL, params) -> ids
+
+
+class _ReadTransaction:
+    """Store.snapshot's context (a class: on the path of every search, where a generator's
+    context costs a microsecond more); inside a transaction of the thread, it is that one."""
+
+    __slots__ = ("store", "conn", "began")
+
+    def __init__(self, store: "Store"):
+        self.store, self.conn = store, store.conn
+
+    def __enter__(self) -> "Store":
+        self.began = not self.conn.in_transaction
+        if self.began:
+            self.conn.execute("BEGIN")
+        return self.store
+
+    def __exit__(self, *exc) -> None:
+        if self.began:
+            self.conn.execute("COMMIT")
+
+
 class Store:
-    """One index directory's SQLite database."""
+    """One index directory's SQLite database. Threads may share a Store: each reads and writes
+    through its own connection (opened on first use), so each has its own transactions."""
 
     def __init__(self, db: sqlite_utils.Database, path: Path, *, read_only: bool = False):
-        self.db = db
-        self.read_only = read_only  # opened without write access: every write raises ReadOnlyIndex
-        self.conn = db.conn  # the hot read path calls sqlite3 directly (sqlite-utils' execute parses each SQL)
         self.path = path
-        self._row_cache: dict[int, tuple] = {}  # rows of hits, valid for one generation (see cached_rows)
-        self._row_cache_generation = -1
-        self._row_cache_bytes = 0
-        self._row_cache_lock = threading.Lock()
-        self._filter_cache: dict[tuple, np.ndarray] = {}  # (filter SQL, params) -> ids, same generation
+        self.read_only = read_only  # opened without write access: every write raises ReadOnlyIndex
+        self._local = threading.local()  # .connection: this thread's _Connection
+        self._connections: weakref.WeakSet = weakref.WeakSet()  # every thread's, each owned by its thread
+        self._closed = False
+        self._cache = _Cache(-1)  # replaced, never emptied in place, when the generation moves
+        self._cache_lock = threading.Lock()
+        self._adopt(db)
+
+    # -- connections -----------------------------------------------------------------------
+    def _adopt(self, db: sqlite_utils.Database) -> _Connection:
+        connection = _Connection(db)
+        with self._cache_lock:
+            if self._closed:
+                connection.close()
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            self._connections.add(connection)
+        self._local.connection = connection
+        return connection
+
+    def _connection(self) -> _Connection:
+        """This thread's connection, opened on its first use."""
+        try:
+            return self._local.connection
+        except AttributeError:
+            return self._adopt(_connect_read_only(self.path) if self.read_only else _connect(self.path))
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection, as sqlite-utils' Database."""
+        return self._connection().db
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection."""
+        return self._connection().conn
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -222,7 +295,12 @@ class Store:
                 self.db.execute(f"PRAGMA user_version = {number}")
 
     def close(self) -> None:
-        self.db.close()
+        """Close every thread's connection."""
+        with self._cache_lock:
+            self._closed = True
+            connections = list(self._connections)
+        for connection in connections:
+            connection.close()
 
     @contextmanager
     def transaction(self, what: str) -> Iterator[None]:
@@ -261,17 +339,9 @@ class Store:
                                 f"write permission): {what} needs write access to the directory and {DB_NAME}; "
                                 "searching it works")
 
-    @contextmanager
-    def snapshot(self) -> Iterator["Store"]:
-        """A read transaction: every query inside sees one generation of the store."""
-        if self.conn.in_transaction:
-            yield self
-            return
-        self.conn.execute("BEGIN")
-        try:
-            yield self
-        finally:
-            self.conn.execute("COMMIT")
+    def snapshot(self) -> "_ReadTransaction":
+        """A read transaction of this thread: every query inside sees one generation of the store."""
+        return _ReadTransaction(self)
 
     # -- manifest ----------------------------------------------------------------------------
     def _set(self, key: str, value) -> None:
@@ -407,11 +477,11 @@ class Store:
         from memory where an earlier search of that generation read them: every write bumps
         the generation, so a row cached for one generation is that generation's row. The cache
         holds up to ROW_CACHE_BYTES of rows and starts over when it is full or stale."""
-        self._caches_at(generation)
-        cache = self._row_cache
+        cache = self._cache_at(generation)
+        rows = cache.rows
         out, missing = {}, []
         for i in ids:
-            row = cache.get(i)
+            row = rows.get(i)
             if row is None:
                 missing.append(i)
             else:
@@ -420,31 +490,29 @@ class Store:
             fetched = self.rows(missing)
             out.update(fetched)
             size = sum(_ROW_OVERHEAD + len(r[0]) + len(r[2] or "") + len(r[3] or "") for r in fetched.values())
-            with self._row_cache_lock:
-                if self._row_cache_generation == generation:
-                    if self._row_cache_bytes + size > ROW_CACHE_BYTES:
-                        cache.clear()
-                        self._row_cache_bytes = 0
-                    cache.update(fetched)
-                    self._row_cache_bytes += size
+            with self._cache_lock:
+                if cache.bytes + size > ROW_CACHE_BYTES:
+                    rows.clear()
+                    cache.bytes = 0
+                rows.update(fetched)
+                cache.bytes += size
         return out
 
-    def _caches_at(self, generation: int) -> None:
-        """Make the row and filter caches those of `generation`: emptied if they held another's."""
-        if generation != self._row_cache_generation:
-            with self._row_cache_lock:
-                if generation != self._row_cache_generation:
-                    self._reset_caches(generation)
-
-    def _reset_caches(self, generation: int) -> None:  # under _row_cache_lock
-        self._row_cache.clear()
-        self._filter_cache.clear()
-        self._row_cache_generation, self._row_cache_bytes = generation, 0
+    def _cache_at(self, generation: int) -> _Cache:
+        """The row and filter cache of `generation`: a new, empty one if the current one is another's.
+        A thread holding an older one keeps filling it with what it reads at that generation."""
+        cache = self._cache
+        if cache.generation != generation:
+            with self._cache_lock:
+                cache = self._cache
+                if cache.generation != generation:
+                    cache = self._cache = _Cache(generation)
+        return cache
 
     def _forget_rows(self) -> None:
         """Drop cached rows and filter answers: this process wrote (a write that keeps the generation included)."""
-        with self._row_cache_lock:
-            self._reset_caches(-1)
+        with self._cache_lock:
+            self._cache = _Cache(-1)
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """Stored vectors of `ids`, in that order (all must exist)."""
@@ -492,9 +560,9 @@ class Store:
         later searches with the same filter in that generation: a filter scans every row, so a
         filter used again (a facet, a user's saved search) costs nothing the second time."""
         key = (sql, tuple(params))
-        if generation is not None:
-            self._caches_at(generation)
-            found = self._filter_cache.get(key)
+        cache = self._cache_at(generation) if generation is not None else None
+        if cache is not None:
+            found = cache.filters.get(key)
             if found is not None:
                 return found
         try:
@@ -506,12 +574,11 @@ class Store:
             # SQLite refused the statement itself: the filter is at fault, not the database
             raise FilterError(f"filter too complex for SQLite ({e}); simplify it") from None
         ids.flags.writeable = False  # shared by later searches
-        if generation is not None:
-            with self._row_cache_lock:
-                if generation == self._row_cache_generation:
-                    if len(self._filter_cache) >= FILTER_CACHE_ENTRIES:
-                        self._filter_cache.pop(next(iter(self._filter_cache)))
-                    self._filter_cache[key] = ids
+        if cache is not None:
+            with self._cache_lock:
+                if len(cache.filters) >= FILTER_CACHE_ENTRIES:
+                    cache.filters.pop(next(iter(cache.filters)))
+                cache.filters[key] = ids
         return ids
 
     def fields_absent(self, paths: dict[str, str]) -> list[str]:

@@ -16,7 +16,7 @@ from latent.indexer.encoders import normalize
 from latent.indexer.errors import InputError, LatentError
 from latent.indexer.images import ImageRefused, file_sha256, load_image, open_regular
 from latent.indexer.index import Index
-from latent.indexer.vector_index import exact_topk
+from latent.indexer.vector_index import VectorIndex, exact_topk
 
 
 # Filters matching at most this many items are answered by an exact scan of their stored
@@ -97,10 +97,9 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
     queries = normalize(index.check_vectors(vectors))
     if len(queries) and not queries.any(axis=1).all():
         raise InputError("the query vector is all zeros: it has no direction to search by")
-    index.load_vectors()  # load (a repair may write) before the read transaction
-    with index.snapshot():  # one generation: the filter, the vector search and the rows of its hits
-        index.refresh()
-        allowed = index.matching_ids(where, index.load_vectors().generation)
+    with index.snapshot(vectors=True):  # one generation: the filter, the vector search and the rows of its hits
+        vindex = index.vectors  # the snapshot's
+        allowed = index.matching_ids(where, vindex.generation)
         if exclude_keys:
             found = index.lookup(list(exclude_keys))
             excluded = {v[0] for v in found.values()}
@@ -109,15 +108,15 @@ def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str
         else:
             excluded = set()
         want = k + len(excluded) if allowed is None else k
-        scores, ids = _nearest(index, queries, want, allowed)
-        return _to_hits(index, scores, ids, k, excluded)
+        scores, ids = _nearest(index, vindex, queries, want, allowed)
+        return _to_hits(index, vindex.generation, scores, ids, k, excluded)
 
 
-def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    vindex = index.load_vectors()  # current: the caller refreshed it inside its snapshot
+def _nearest(index: Index, vindex: VectorIndex, queries: np.ndarray, k: int,
+             allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, max(vindex.ntotal, 1))  # a k beyond the item count asks for every item
     if allowed is not None and len(allowed) <= EXACT_SCAN_MAX and not vindex.exact:
-        return _exact_scan(index, queries, allowed, k)
+        return _exact_scan(index, vindex, queries, allowed, k)
     candidates = k * int(vindex.params.get("rerank", 10)) if vindex.lossy else k
     scores, ids = vindex.search(queries, k, allowed=allowed, candidates=candidates)
     if vindex.lossy:
@@ -126,13 +125,13 @@ def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | No
         need = min(k, len(allowed))
         short = (ids >= 0).sum(axis=1) < need
         if short.any():  # the approximate search missed matches: fall back to an exact scan
-            s2, i2 = _exact_scan(index, queries[short], allowed, k)
+            s2, i2 = _exact_scan(index, vindex, queries[short], allowed, k)
             scores[short], ids[short] = s2, i2
     elif not vindex.exact:
         short = (ids >= 0).sum(axis=1) < min(k, vindex.live)
         if short.any():  # a graph or probe search came back short (HNSW tombstones take its slots)
             if vindex.live <= EXACT_SCAN_MAX:
-                s2, i2 = _exact_scan(index, queries[short], vindex.ids(), k)
+                s2, i2 = _exact_scan(index, vindex, queries[short], vindex.ids(), k)
             else:
                 s2, i2 = vindex.search(queries[short], k, candidates=candidates, thorough=True)
                 if vindex.lossy:
@@ -141,18 +140,20 @@ def _nearest(index: Index, queries: np.ndarray, k: int, allowed: np.ndarray | No
     return scores, ids
 
 
-def _exact_scan(index: Index, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k over the stored vectors of `ids`."""
-    vectors = index.load_vectors().exact_vectors(ids) if len(ids) else None
+def _exact_scan(index: Index, vindex: VectorIndex, queries: np.ndarray, ids: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over the stored vectors of `ids` (read from `vindex` when it holds them)."""
+    vectors = vindex.exact_vectors(ids) if len(ids) else None
     if vectors is None:
         vectors = index.vectors_of(ids)
     return exact_topk(queries, vectors, k, ids=ids)
 
 
-def _to_hits(index: Index, scores: np.ndarray, ids: np.ndarray, k: int, excluded: set[int]) -> list[list[Hit]]:
+def _to_hits(index: Index, generation: int, scores: np.ndarray, ids: np.ndarray, k: int,
+             excluded: set[int]) -> list[list[Hit]]:
     """Hits for each query's (scores, ids) row; the rows of all queries' ids are read at once."""
     wanted = np.unique(ids[ids >= 0]).tolist()
-    rows = index.rows(wanted, index.load_vectors().generation)
+    rows = index.rows(wanted, generation)
     ids_list = ids.tolist()
     scores_list = scores.tolist()
     out = []

@@ -188,7 +188,7 @@ def test_rows_cached_by_searches_follow_every_write(make_word_index, glove_words
         assert search(index, "king", k=5) == first
         top = first[0].key
         assert search(index, "king", k=5, where="n < 0") == []
-        assert len(index.store._filter_cache) == 1  # the filter's answer, kept for this generation
+        assert len(index.store._cache.filters) == 1  # the filter's answer, kept for this generation
         # the same text with new metadata: the row keeps its id, only the metadata changes
         other.add(word_records([top], metadata=lambda w, i: {"n": -1, "by": "other"}))
         again = search(index, "king", k=5)
@@ -198,7 +198,7 @@ def test_rows_cached_by_searches_follow_every_write(make_word_index, glove_words
         assert search(index, "king", k=5)[0].metadata == {"n": -2}
         other.delete([top])
         assert top not in [h.key for h in search(index, "king", k=5)]
-        assert index.store._row_cache_bytes > 0  # in use, not bypassed
+        assert index.store._cache.bytes > 0  # in use, not bypassed
     finally:
         other.close()
         index.close()

@@ -7,7 +7,9 @@ keys, bad metadata, bad k), search (random queries, k beyond the count, metadata
 filters against a Python reference, excluded keys, `similar`), reopen the index
 in-process, read it (and sometimes write it) from a fresh process, use a second,
 long-lived handle that must catch up with writes it did not make (and writes
-itself), and rebuild. After every step the index is compared with a plain
+itself), share the one object between reader threads and a writer thread (flat
+and HNSW: each reader must see the index before the write or after it), and
+rebuild. After every step the index is compared with a plain
 dict/numpy model: count, keys, ids, stored vectors, metadata, `check()`, the
 vector file's generation and factory, and searches against brute force (exact
 types: the same ranking up to float ties; approximate types: recall@10 >= 0.95
@@ -29,6 +31,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +169,7 @@ class IndexMachine(RuleBasedStateMachine):
     PARAMS: dict | None = None  # search parameters given to Index.create
     QUERY_SPECIALS = ("copy", "neg", "scale")  # what random queries may be replaced by
     CLUSTERS = 0  # 0: isotropic Gaussian vectors; n: a mixture of n Gaussian clusters (as real embeddings are)
+    THREADED = False  # whether the rule sharing the object between threads runs
 
     def __init__(self):
         super().__init__()
@@ -273,8 +278,9 @@ class IndexMachine(RuleBasedStateMachine):
         return ivf is not None and not vindex.lossy and int(vindex.params["nprobe"]) >= ivf.nlist
 
     # -- checking hits against brute force ---------------------------------------------------------------
-    def verify(self, rows, queries, k, *, where=None, exclude=(), exact=True, label="", batch=False):
+    def verify(self, rows, queries, k, *, where=None, exclude=(), exact=True, label="", batch=False, key_ids=None):
         """rows: per query, a list of (key, score, id, metadata). Raises AssertionError on any breach.
+        `key_ids` ({key: id}) are the ids the keys must have; by default, the store's now.
 
         Approximate results must reach RECALL: over these queries when `batch` (a batch large enough to
         measure), otherwise over all the approximate searches of the run so far (a few rule queries
@@ -289,7 +295,8 @@ class IndexMachine(RuleBasedStateMachine):
         position = {key: i for i, key in enumerate(cand)}
         sims_all = unit(queries) @ matrix[allowed].T if len(cand) else np.zeros((len(queries), 0))
         want = min(k, len(cand))
-        ids = {key: v[0] for key, v in self.index.store.lookup([r[0] for row in rows for r in row]).items()}
+        ids = key_ids if key_ids is not None else \
+            {key: v[0] for key, v in self.index.store.lookup([r[0] for row in rows for r in row]).items()}
         relevant = total = 0
         assert len(rows) == len(queries), label
         for qi, row in enumerate(rows):
@@ -531,6 +538,91 @@ class IndexMachine(RuleBasedStateMachine):
                                label="stale reader")
         assert np.array_equal(self.reader.vectors.ids(), self.index.store.ids())
 
+    @precondition(lambda self: self.THREADED)
+    @rule(data=st.data())
+    def threads_share_the_object(self, data):
+        """Reader threads search and count in snapshots of this one object while a writer thread
+        adds, upserts or deletes through it: each reading must be the index before the write or
+        after it, never a mix; the write's report must be the model's."""
+        if self.model and data.draw(st.booleans(), label="threaded delete"):
+            keys = data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, max_size=self.MAX_BATCH,
+                                      unique=True), label="deleted in a thread")
+            write, expected = (lambda: self.index.delete(keys)), (len(keys), [])
+        else:
+            taken: set = set()
+            old = data.draw(st.lists(st.sampled_from(sorted(self.model)), max_size=3, unique=True)
+                            if self.model else st.just([]), label="upserted in a thread")
+            taken.update(old)
+            keys = old + [self.new_key(data, taken) for _ in range(data.draw(st.integers(1, self.MAX_BATCH)))]
+            vectors = self.draw_vectors(data, len(keys))
+            metas = [data.draw(METADATA, label="metadata") for _ in keys]
+            write, expected = (lambda: self.index.add_vectors(keys, vectors, metadata=metas)), None
+        plans = [(self.draw_queries(data, 3), self.draw_k(data), self.draw_filter(data))
+                 for _ in range(data.draw(st.integers(2, 4), label="reader threads"))]
+        before = (dict(self.model), set(self.gone), self.key_ids())
+        start = threading.Barrier(len(plans) + 1)
+        readings: list = [None] * len(plans)
+        outcome: dict = {}
+
+        def read(i):
+            queries, k, where = plans[i]
+            vx.faiss.omp_set_num_threads(1)  # OpenMP's setting is per thread
+            start.wait(30)
+            readings[i] = []
+            for _ in range(3):
+                with self.index.snapshot(vectors=True):
+                    rows = self.rows_of(search_vectors(self.index, queries, k=k, where=where[0] if where else None))
+                    readings[i].append((rows, self.index.count()))
+
+        def write_():
+            vx.faiss.omp_set_num_threads(1)  # the same HNSW graph on every run
+            start.wait(30)
+            outcome["report"] = write()
+
+        errors = []
+        threads = [threading.Thread(target=catching(target, errors), args=args, daemon=True)
+                   for target, args in [(write_, ())] + [(read, (i,)) for i in range(len(plans))]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not any(t.is_alive() for t in threads), "a thread is stuck (a deadlock?)"
+        assert not errors, errors[0]
+        if expected is not None:
+            assert outcome["report"] == expected, outcome["report"]
+            self.apply_delete(keys)
+        else:
+            report = outcome["report"]
+            assert (report.added, report.replaced) == (len(keys) - len(old), len(old)), report.as_dict()
+            self.apply_upsert(keys, vectors, metas)
+        event(f"{self.INDEX_TYPE}: {len(plans)} reader threads beside a {'delete' if expected else 'add'}")
+        after = (self.model, self.gone, self.key_ids())
+        exact = self.expect_exact(self.index.vectors)
+        for (queries, k, where), reading in zip(plans, readings):
+            for rows, count in reading:
+                self.verify_one_of([before, after], rows, count, queries, k, where=where,
+                                   exact=exact or where is not None, label=f"reader thread [{self.INDEX_TYPE}]")
+
+    def key_ids(self) -> dict:
+        return {key: v[0] for key, v in self.index.store.lookup(list(self.model)).items()}
+
+    def verify_one_of(self, states, rows, count, queries, k, **options):
+        """`rows` and `count` must be those of one of `states`, each (model, gone keys, their ids)."""
+        failures = []
+        for model, gone, key_ids in states:
+            saved = (self.model, self.gone, self._matrix, self.tally)
+            self.model, self.gone, self._matrix = model, gone, None
+            try:
+                assert count == len(model), f"count {count}, expected {len(model)}"
+                self.verify(rows, queries, k, key_ids=key_ids, **options)
+                return
+            except AssertionError as e:
+                failures.append(str(e))
+                self.tally = saved[3]
+            finally:
+                self.model, self.gone, self._matrix = saved[:3]
+        raise AssertionError("neither before nor after the write: " + " | ".join(failures))
+
     @precondition(lambda self: self.steps >= self.next_rebuild)
     @rule()
     def rebuild(self):
@@ -641,6 +733,18 @@ class IndexMachine(RuleBasedStateMachine):
         self.search_and_verify(self.index, queries, 10, label="probe", batch=True)
 
 
+def catching(target, errors: list):
+    """`target`, run in a thread: what it raises goes to `errors` (as text, with its traceback)."""
+
+    def run(*args):
+        try:
+            target(*args)
+        except BaseException:  # noqa: BLE001 - reported by the test that started the thread
+            errors.append(traceback.format_exc())
+
+    return run
+
+
 # Shrinking a failing run of these machines takes minutes; set LATENT_STATEFUL_SHRINK=1 to get a
 # minimal failing sequence, otherwise the failing sequence is reported as generated.
 SHRINK = os.environ.get("LATENT_STATEFUL_SHRINK") == "1"
@@ -656,10 +760,12 @@ def _settings(examples: int, steps: int) -> settings:
 
 class FlatMachine(IndexMachine):
     INDEX_TYPE = "flat"
+    THREADED = True
 
 
 class HNSWMachine(IndexMachine):
     INDEX_TYPE = "HNSW16"  # needs no training (threshold 0)
+    THREADED = True
     BASE = (300, 0, 150)  # a graph larger than efSearch (128), which would otherwise visit every node
 
 
