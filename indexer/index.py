@@ -174,7 +174,7 @@ class Index:
             target_recall = tuning.check_target(target_recall)
         if Store.holds_store(directory):
             raise IndexExists(f"{directory} already holds an index; open it, or choose another directory")
-        enc = encoder_spec(encoder, runtime) if isinstance(encoder, str) else encoder.spec()
+        enc = encoder_spec(encoder, runtime) if isinstance(encoder, str) else encoder.to_spec()
         vx.validate_spec(index_type, enc.dim)
         directory.mkdir(parents=True, exist_ok=True)
         with WriteLock(directory):

@@ -41,7 +41,7 @@ def register(name: str, factory: Callable, description: str, *, canonical: Calla
     else:
         _FACTORIES[name] = (factory, description)
         if runtimes:
-            _RUNTIMES[name] = (tuple(runtimes), spec or (lambda runtime: get_encoder(name, runtime).spec()))
+            _RUNTIMES[name] = (tuple(runtimes), spec or (lambda runtime: get_encoder(name, runtime).to_spec()))
 
 
 def _plugins() -> None:
@@ -114,7 +114,7 @@ def encoder_spec(name: str, runtime: str | None = None) -> EncoderSpec:
     chosen = _runtime_of(name, runtime)
     if chosen is not None:
         return _RUNTIMES[name][1](chosen)
-    return get_encoder(name).spec()
+    return get_encoder(name).to_spec()
 
 
 def get_encoder(name: str, runtime: str | None = None) -> Encoder:

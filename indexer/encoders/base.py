@@ -92,7 +92,7 @@ class Encoder:
     runtime: str | None = None
     default_batch_size: int = 64
 
-    def spec(self) -> EncoderSpec:
+    def to_spec(self) -> EncoderSpec:
         return EncoderSpec(self.name, self.version, self.dim, tuple(self.modalities), self.runtime)
 
     # -- texts and words -----------------------------------------------------------------

@@ -85,8 +85,8 @@ def test_runtime_is_recorded_at_create_and_used_by_queries(tmp_path, monkeypatch
 
 def test_spec_matches_the_loaded_encoder():
     for name in ("minilm", "efficientnet", "conse"):
-        assert encoder_spec(name, "onnx") == get_encoder(name, "onnx").spec()
-        assert encoder_spec(name, "torch") == get_encoder(name, "torch").spec()
+        assert encoder_spec(name, "onnx") == get_encoder(name, "onnx").to_spec()
+        assert encoder_spec(name, "torch") == get_encoder(name, "torch").to_spec()
 
 
 def _run(code: str, cwd: Path) -> dict:
