@@ -12,7 +12,7 @@ from latent.indexer.builtin import open_index
 from latent.indexer.errors import InputError
 from latent.indexer.index import Index, Progress, _no_progress
 
-from . import explore, query
+from . import explore, query as queries
 from .query import Hit
 
 
@@ -20,30 +20,30 @@ class Collection(Index):
     """A latent index: `add`, `add_vectors`, `delete`, `info`, `check`, `tune`, `rebuild` (from
     Index) and `search`, `similar`, `search_vectors`, `interpolate`, `analogy`."""
 
-    def search(self, query_: str | np.ndarray | None = None, *, k: int = 10, where: str | None = None,
+    def search(self, query: str | np.ndarray | None = None, *, k: int = 10, where: str | None = None,
                expr: str | None = None, include_terms: bool = False, min_score: float | None = None) -> list[Hit]:
         """The k nearest items to a text (encoded by the index's encoder), a vector, or a vector
         expression such as `expr='king - man + woman'` (whose keys are left out unless
         `include_terms`); `where` filters on metadata first; hits below `min_score` are dropped."""
-        if (query_ is None) == (expr is None):
+        if (query is None) == (expr is None):
             raise InputError("give a query (a text or a vector) or an expression, not both"
                              if expr is not None else "the query is missing: give a text, a vector or an expression")
         if expr is not None:
             hits = explore.search_expression(self, expr, k=k, where=where, include_terms=include_terms)
         else:
-            hits = query.search(self, query_, k=k, where=where)
+            hits = queries.search(self, query, k=k, where=where)
         return _above(hits, min_score)
 
     def search_vectors(self, vectors: np.ndarray, *, k: int = 10, where: str | None = None) -> list[list[Hit]]:
         """Hits for each row of `vectors` (float32, (n, dim) or (dim,))."""
-        return query.search_vectors(self, vectors, k=k, where=where)
+        return queries.search_vectors(self, vectors, k=k, where=where)
 
     def similar(self, *, key: str | None = None, vector: np.ndarray | None = None, image: str | Path | None = None,
                 k: int = 10, where: str | None = None, min_score: float | None = None,
                 include_self: bool = False) -> list[Hit]:
         """The k nearest items to a stored item, a vector or an image file; the item itself (or a
         stored image with the same bytes as the file) is left out unless `include_self`."""
-        return _above(query.similar(self, key=key, vector=vector, image=image, k=k, where=where,
+        return _above(queries.similar(self, key=key, vector=vector, image=image, k=k, where=where,
                                     include_self=include_self), min_score)
 
     def interpolate(self, a: str, b: str, *, steps: int = 10, method: str = "slerp", exclude_endpoints: bool = False,
