@@ -186,3 +186,15 @@ def test_image_labels_can_be_filtered(tmp_path):
     p = meta["chelsea.png"]["label_p"]["tiger_cat"]
     assert [h.key for h in ix.similar(key="coffee.png", where=f"label_p.tiger_cat >= {p}", k=5)] == ["chelsea.png"]
     assert ix.similar(key="coffee.png", where=f"label_p.tiger_cat > {p}", k=5) == []
+
+
+def test_k_has_one_bound_in_the_cli_and_the_api(words):
+    """The CLI allowed 10,000, the API 100,000 and the README said 100,000: one bound now."""
+    from latent.search.query import MAX_K
+
+    assert MAX_K == 100_000
+    assert run("search", words.directory, "king", "-k", str(MAX_K)).exit_code == 0
+    refused = run("search", words.directory, "king", "-k", str(MAX_K + 1))
+    assert refused.exit_code == 2 and "1<=x<=100000" in refused.output
+    with pytest.raises(latent.InputError, match="1 to 100,000"):
+        words.search("king", k=MAX_K + 1)
