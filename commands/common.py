@@ -17,7 +17,7 @@ import click
 from tqdm import tqdm
 
 from latent.indexer.builtin import BUILDING, open_index as open_builtin
-from latent.indexer.errors import LatentError
+from latent.indexer.errors import FilterError, LatentError
 from latent.search.query import MAX_K, Hit
 
 MAX_CELL = 60
@@ -186,8 +186,9 @@ def open_index(directory: Path):
 
 # -- output -----------------------------------------------------------------------------------------------------
 def note(message: str) -> None:
-    """A line on stderr saying how the command read its input (not with --quiet)."""
-    if not flags().quiet:
+    """A line on stderr saying how the command read its input (not with --quiet or --json)."""
+    given = flags()
+    if not (given.quiet or given.json):
         click.echo(message, err=True)
 
 
@@ -239,6 +240,14 @@ def hits_table(hits: list[Hit]) -> str:
 def hits_json(hits: list[Hit]) -> list[dict]:
     return [{"rank": h.rank, "key": h.key, "score": round(h.score, 6), "metadata": h.metadata, "text": h.text,
              "kind": h.kind} for h in hits]
+
+
+def explain_empty(index, hits: list[Hit], where: str | None) -> None:
+    """No hits under a filter that names a field no item has: say so (exit 1), not "(no hits)"."""
+    if not hits and where:
+        reason = index.explain_no_match(where)
+        if reason:
+            raise FilterError(reason)
 
 
 def echo_hits(hits: list[Hit], **extra) -> None:

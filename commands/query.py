@@ -12,7 +12,7 @@ from latent.indexer.errors import LatentError
 from latent.search import search as search_index, similar as find_similar
 from latent.search.explore import query_term, search_expression
 from latent.search.words import neighbours
-from .common import echo_hits, index_dir, k_option, note, open_index, progress_bars, where_option
+from .common import echo_hits, explain_empty, index_dir, k_option, note, open_index, progress_bars, where_option
 
 
 @click.command("search")
@@ -48,6 +48,7 @@ def search(directory: Path, query: str | None, expr: str | None, include_terms: 
             unknown = index.encoder.unknown_words(query)
             if unknown:
                 note(f"not in the {index.encoder_name} vocabulary, left out of the query: {', '.join(unknown)}")
+        explain_empty(index, hits, where)
     echo_hits(hits, **({"query": query} if query is not None else {"expr": expr}))
 
 
@@ -83,6 +84,7 @@ def similar(directory: Path, key: str | None, vector_file: str | None, image_fil
     with open_index(directory) as index:
         hits = find_similar(index, key=key, vector=vector, image=image_file, k=k, where=where,
                             include_self=include_self)
+        explain_empty(index, hits, where)
     echo_hits(hits)
 
 

@@ -237,7 +237,7 @@ def vae_sample(model: Path, output: Path, count: int, cols: int, seed: int, temp
 
 @vae.command("relink")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 def vae_relink(directory: Path, model: Path):
     """Point the index DIRECTORY at its VAE model's new place MODEL (the index names its model
     by its absolute path). Refused unless MODEL is the very model the index was built with.

@@ -19,7 +19,7 @@ from . import tuning
 from . import vector_index as vx
 from .encoders import Encoder, canonical_name, encoder_spec, get_encoder, normalize
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
-from .errors import (EncoderMismatch, FilterError, IndexCorrupt, IndexExists, IndexNotFound, InputError, LatentError,
+from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, LatentError,
                      OutOfVocabulary, StorageError)
 from .filters import filter_fields, parse_where
 from .images import ImageRefused, prefetch, prepare
@@ -303,18 +303,20 @@ class Index:
         if where is None or not where.strip():
             return None
         sql, params = parse_where(where)
-        ids = self.store.ids_where(sql, params, generation)
-        if len(ids) == 0:  # nothing matches: say so if the filter names a field that no item has
-            self._check_fields(where)
-        return ids
+        return self.store.ids_where(sql, params, generation)
 
-    def _check_fields(self, where: str) -> None:
+    def explain_no_match(self, where: str) -> str | None:
+        """Why a filter that matched nothing could never match: the fields it names that no item
+        has, and the fields items have; None when every field it names exists. A filter on an
+        absent field is a valid query (it matches nothing); callers that show results to a person
+        (the CLI) say this instead of an empty answer."""
         absent = self.store.fields_absent(filter_fields(where))
-        if absent:
-            known = self.store.metadata_fields()
-            raise FilterError(f"no item of {self.directory.name} has the field{'s' if len(absent) > 1 else ''} "
-                              f"{', '.join(map(repr, absent))}; "
-                              + (f"its items have: {', '.join(known)}" if known else "its items have no metadata"))
+        if not absent:
+            return None
+        known = self.store.metadata_fields()
+        return (f"no item of {self.directory.name} has the field{'s' if len(absent) > 1 else ''} "
+                f"{', '.join(map(repr, absent))}; "
+                + (f"its items have: {', '.join(known)}" if known else "its items have no metadata"))
 
     def lookup(self, keys: Sequence[str]) -> dict[str, tuple[int, str, str]]:
         """{key: (id, kind, content hash)} of the keys that are stored."""

@@ -130,16 +130,16 @@ def test_cli_analogy_interpolate_expr():
     runner = CliRunner()
     out = runner.invoke(cli, ["analogy", "man", "king", "woman", "-k", "3", "--json"])
     assert out.exit_code == 0, out.output
-    doc = json.loads(out.output)
+    doc = json.loads(out.stdout)
     assert doc["hits"][0]["key"] == "queen" and doc["method"] == "add"
     out = runner.invoke(cli, ["interpolate", "@words", "france", "germany", "--steps", "12", "--json"])
     assert out.exit_code == 0, out.output
-    path = json.loads(out.output)["path"]
+    path = json.loads(out.stdout)["path"]
     assert path[0]["key"] == "france" and path[-1]["key"] == "germany" and {"first", "last", "t", "score"} <= set(path[0])
     table = runner.invoke(cli, ["interpolate", "@words", "hot", "cold"])
     assert table.output.strip().splitlines()[-1] == "hot -> cool -> cold"
     out = runner.invoke(cli, ["search", "@words", "--expr", "king - man + woman", "-k", "1", "--json"])
-    assert json.loads(out.output)["hits"][0]["key"] == "queen"
+    assert json.loads(out.stdout)["hits"][0]["key"] == "queen"
     bad = runner.invoke(cli, ["search", "@words", "--expr", "king -"])
     assert bad.exit_code == 1 and "position 7" in bad.output
     both = runner.invoke(cli, ["search", "@words", "king", "--expr", "king"])

@@ -167,6 +167,9 @@ WAL_CHILD = textwrap.dedent("""
     import os, signal, sys
     from latent.indexer import Index, Record
 
+    from latent.indexer.store import Store
+
+    Store.checkpoint = lambda self: None  # killed before the checkpoint that ends every write
     index = Index.open(sys.argv[1])
     index.store.db.execute("PRAGMA wal_autocheckpoint = 0")  # keep the commits in the -wal file
     index.add([Record(text=w, key=w, kind="word") for w in sys.argv[2:]], batch_size=10)  # commits, then saves
