@@ -143,7 +143,7 @@ def test_errors_are_one_line_with_exit_codes(run, tmp_path, notes):
 def test_words_toilet_bathroom(run):
     result = run("words", "toilet", "-k", "5", "--json")
     assert result.exit_code == 0, result.output
-    keys = [h["key"] for h in json.loads(result.output)["hits"]]
+    keys = [h["key"] for h in json.loads(result.stdout)["hits"]]
     assert "bathroom" in keys and "toilet" not in keys and len(keys) == 5
     table = run("words", "Paris", "-k", "3")
     assert "france" in table.output

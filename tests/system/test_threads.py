@@ -69,7 +69,7 @@ def writer(index: Index, log: Log, batches: list[int], deadline: float) -> None:
                 with log.lock:
                     log.failed.append((b, repr(e)))
                 continue
-            if (report.added, len(report.committed), len(report.skipped)) != (BATCH, 1, 0):
+            if (report.added, len(report.committed), report.skipped) != (BATCH, 1, 0):
                 log.errors.append(f"batch {b}: {report.as_dict()}")
             with log.lock:
                 log.committed.append(b)
