@@ -133,15 +133,21 @@ class Progress:
         self.enabled = enabled
         self.use_bars = bars
         self.bars: dict = {}
-        self.told: dict[str, float] = {}  # stage -> when its start line was written
+        self.told: dict[str, float] = {}  # stage -> when its start line was written, until it ends
+        self.done: dict[str, int] = {}  # stage -> items done so far
 
     def __call__(self, stage: str, n: int, total: int | None) -> None:
         if not self.enabled:
             return
         if not self.use_bars:
-            if stage.startswith(BUILDING) and stage not in self.told:
-                self.told[stage] = time.monotonic()
-                self.write(f"{stage} ({total:,} items)..." if total else f"{stage}...")
+            if stage.startswith(BUILDING):
+                if stage not in self.told:
+                    self.told[stage] = time.monotonic()
+                    self.done[stage] = 0
+                    self.write(f"{stage} ({total:,} items)..." if total else f"{stage}...")
+                self.done[stage] += n
+                if total and self.done[stage] >= total:
+                    self._finished(stage)
             return
         bar = self.bars.get(stage)
         if bar is None:
@@ -166,9 +172,12 @@ class Progress:
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
-        for stage, started in self.told.items():
-            self.write(f"{stage}: done in {time.monotonic() - started:.0f} s")
-        self.told.clear()
+        for stage in list(self.told):  # a stage that did not say how much it had to do
+            self._finished(stage)
+
+    def _finished(self, stage: str) -> None:
+        started = self.told.pop(stage)
+        self.write(f"{stage}: done in {time.monotonic() - started:.0f} s")
 
 
 def progress_bars() -> Progress:
@@ -232,6 +241,8 @@ def hits_table(hits: list[Hit]) -> str:
         columns.append("text")
     if all(h.kind == "image" for h in hits):  # image metadata is long: show what the CNN saw
         columns.append("label")
+    elif all(h.kind == "word" and set(h.metadata) <= {"rank"} for h in hits):
+        pass  # the built-in words' frequency rank says nothing about the neighbours (--json has it)
     elif any(h.metadata for h in hits):
         columns.append("metadata")
     return render_table(rows, columns)
