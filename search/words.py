@@ -21,7 +21,7 @@ def neighbours(word: str, *, k: int = 10, index: Index | None = None, progress: 
     """The k nearest GloVe words to `word` (matched lower-cased), the word itself excluded.
 
     `max_rank` keeps the neighbours among the `max_rank` most frequent words (their `rank`
-    metadata): rare tokens of the web crawl (such as "prohertrib", rank 129,499, nearest to
+    metadata): rare tokens of the web crawl (such as "prohertrib", rank 129,500, nearest to
     "paris") stay out. `words_only` drops tokens that are not words (numbers, codes)."""
     index = index or word_index(progress=progress)
     key = word.strip().lower()
