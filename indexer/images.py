@@ -188,13 +188,19 @@ def _transpose(image: "Image.Image", orientation) -> "Image.Image":
 
 def load_image(path: str | Path) -> "Image.Image":
     """An image file as RGB, for queries; InputError when it cannot be used."""
+    return read_query_image(path)[0]
+
+
+def read_query_image(path: str | Path) -> tuple["Image.Image", str]:
+    """An image file as RGB and the SHA-256 of its bytes (the content hash an indexed copy of
+    it is stored under), from one read; InputError when it cannot be used."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return decode_image(data)[0]
+        return decode_image(data)[0], hashlib.sha256(data).hexdigest()
     except ImageRefused as e:
         raise InputError(f"{path}: {e}") from None
 

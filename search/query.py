@@ -14,7 +14,7 @@ import numpy as np
 
 from latent.indexer.encoders import normalize
 from latent.indexer.errors import InputError, LatentError
-from latent.indexer.images import ImageRefused, file_sha256, load_image, open_regular
+from latent.indexer.images import load_image, read_query_image
 from latent.indexer.index import Index
 from latent.indexer.vector_index import VectorIndex, exact_topk
 
@@ -69,23 +69,18 @@ def similar(index: Index, *, key: str | None = None, vector: np.ndarray | None =
             raise LatentError(f"no item with key {key!r} in {index.directory}")
         exclude = (key,)
     elif image is not None:
-        vector = encode_image(index, image)
-        exclude = tuple(index.keys_with_content([image_sha256(image)]).values())
+        picture, sha256 = read_query_image(image)  # one read: the pixels, and the content hash
+        vector = _encode_picture(index, picture)
+        exclude = tuple(index.keys_with_content([sha256]).values())
     return search_vectors(index, vector, k=k, where=where, exclude_keys=() if include_self else exclude)[0]
-
-
-def image_sha256(path: str | Path) -> str:
-    """The content hash that an indexed image file is stored under (its bytes' SHA-256)."""
-    try:
-        with open_regular(path) as f:
-            return file_sha256(f)
-    except ImageRefused as e:
-        raise InputError(f"{path}: {e}") from None
 
 
 def encode_image(index: Index, path: str | Path) -> np.ndarray:
     """The query vector of an image file, by the index's own encoder."""
-    picture = load_image(path)
+    return _encode_picture(index, load_image(path))
+
+
+def _encode_picture(index: Index, picture) -> np.ndarray:
     return index.encoder.encode_images([picture])[0][0]
 
 
