@@ -45,18 +45,23 @@ def main() -> None:
     names = list(photos)
     cnn = get_encoder("efficientnet")
     _, logits = cnn.forward(np.stack([cnn.preprocess(im) for im in photos.values()]))
-    print(f"{len(QUERIES)} queries, {len(names)} photos; default T={conse.TOP_T}, prompt={conse.PROMPT!r}")
+    default = (conse.TOP_T, conse.PROMPTS, conse.DEFINITIONS)
+    print(f"{len(QUERIES)} queries, {len(names)} photos; default T={conse.TOP_T}, prompts={conse.PROMPTS}, "
+          f"definitions={conse.DEFINITIONS}")
+    settings = [((p,), False) for p in ("{}", "a photo of a {}", "a photo of a {}.", "an image of {}")]
+    settings += [(conse.PROMPTS, False), (conse.PROMPTS, True)]
     for top_t in (1, 3, 5, 10, 20):
-        for prompt in ("{}", "a photo of a {}", "a photo of a {}.", "an image of {}"):
-            enc = conse.ConseEncoder(get_encoder("minilm"), cnn, top_t=top_t, prompt=prompt)
+        for prompts, definitions in settings:
+            enc = conse.ConseEncoder(get_encoder("minilm"), cnn, top_t=top_t, prompts=prompts, definitions=definitions)
+            prompt = " / ".join(prompts) + (" + name: definition" if definitions else "")
             images = enc.combine(logits)
             images /= np.linalg.norm(images, axis=1, keepdims=True)
             sims = enc.encode(list(QUERIES)) @ images.T
             ranks = [[names[j] for j in np.argsort(-row)].index(target) + 1
                      for row, target in zip(sims, QUERIES.values())]
             top1, mrr = float(np.mean([r == 1 for r in ranks])), float(np.mean([1 / r for r in ranks]))
-            mark = "  <- default" if (top_t, prompt) == (conse.TOP_T, conse.PROMPT) else ""
-            print(f"T={top_t:2d} prompt={prompt!r:20} top-1 {top1:.3f}  MRR {mrr:.3f}  ranks {ranks}{mark}")
+            mark = "  <- default" if (top_t, prompts, definitions) == default else ""
+            print(f"T={top_t:2d} prompts={prompt!r:20} top-1 {top1:.3f}  MRR {mrr:.3f}  ranks {ranks}{mark}")
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             with open(RESULTS, "a") as f:
                 f.write(json.dumps({"bench": "conse", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "top_t": top_t,

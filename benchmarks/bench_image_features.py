@@ -98,18 +98,30 @@ def main() -> None:
 
     names = [cnn.labels[c] for c in classes]
     plain = text.encode(names)
-    for prompts in (["an image of {}"], ["a photo of a {}.", "a picture of a {}.", "an image of {}", "{}"]):
+    from latent.indexer.encoders import conse as conse_module
+
+    default = (conse_module.TOP_T, conse_module.PROMPTS, conse_module.DEFINITIONS)
+    one, four = ("an image of {}",), conse_module.PROMPTS
+    semantic = {}
+    for prompts, definitions in ((one, False), (four, False), (four, True)):
         for top_t in (1, 5, 10, 20):
-            conse = ConseEncoder(text, cnn, top_t=top_t, prompt=prompts[0])
-            if len(prompts) > 1:  # class vectors from the prompt ensemble
-                conse.class_vectors = normalize(np.mean([text.encode([p.format(n) for n in cnn.labels])
-                                                         for p in prompts], axis=0))
-            label = f"T={top_t}, {'ensemble of ' + str(len(prompts)) if len(prompts) > 1 else repr(prompts[0])}"
-            report("conse", label + (" (default)" if (top_t, prompts) == (5, ["an image of {}"]) else ""),
-                   conse.combine(logits), plain)
+            conse = ConseEncoder(text, cnn, top_t=top_t, prompts=prompts, definitions=definitions)
+            label = (f"T={top_t}, {'ensemble of ' + str(len(prompts)) if len(prompts) > 1 else repr(prompts[0])}"
+                     + (" + name: definition" if definitions else ""))
+            mark = " (default)" if (top_t, prompts, definitions) == default else \
+                " (first default)" if (top_t, prompts, definitions) == (5, one, False) else ""
+            vectors = conse.combine(logits)
+            report("conse", label + mark, vectors, plain)
+            if definitions:
+                semantic[top_t] = vectors
             if top_t == 10 and len(prompts) > 1:
                 for temperature in (0.5, 2.0):
                     report("conse", f"{label}, temperature {temperature:g}", conse.combine(logits / temperature), plain)
+    # the same semantic vectors as image features for efficientnet: a class-level part beside the pooled one
+    for top_t in (5, 10):
+        report("efficientnet", f"pooled + conse T={top_t} with definitions (each L2, concat)",
+               np.hstack([normalize(features), normalize(semantic[top_t])]))
+        report("efficientnet", f"conse T={top_t} with definitions alone", semantic[top_t])
     path = append_result("image_features", {"environment": environment(), "photos": len(files),
                                             "efficientnet_top1": round(top1, 3), "variants": rows,
                                             "queries": "the class short names as they are (conse's text side); "

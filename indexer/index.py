@@ -236,7 +236,8 @@ class Index:
         if self._encoder is None:
             with self._encoder_lock:
                 if self._encoder is None:
-                    encoder = get_encoder(self.encoder_name, self.manifest.get("runtime"))
+                    encoder = get_encoder(self.encoder_name, self.manifest.get("runtime"),
+                                          version=self.manifest.get("encoder_version"))
                     self.check_encoder(encoder)
                     self._encoder = encoder
         return self._encoder

@@ -11,7 +11,7 @@ from ..errors import EncoderUnavailable
 from ..plugins import call_hook
 from .base import Encoder, EncoderSpec, normalize
 from .clip import load_clip
-from .conse import ConseEncoder, conse_spec
+from .conse import ConseEncoder, conse_spec, settings_of
 from .efficientnet import efficientnet_spec, load_efficientnet
 from .glove import GloveEncoder
 from .minilm import load_minilm, minilm_spec
@@ -25,6 +25,9 @@ _RUNTIMES: dict[str, tuple[tuple[str, ...], Callable[[str], EncoderSpec]]] = {}
 # prefix -> (factory of the rest of the name, description, canonical form of the rest, cached, what the rest is)
 _PREFIXES: dict[str, tuple[Callable[[str], Encoder], str, Callable[[str], str], bool, str]] = {}
 _LOADED: dict[str, Encoder] = {}
+# name -> the settings (factory keywords) that an index's recorded encoder version asks for: an index
+# made with an earlier default of a bundled encoder keeps making the vectors it holds
+_SETTINGS: dict[str, Callable[[str | None], dict]] = {"conse": settings_of}
 
 
 def register(name: str, factory: Callable, description: str, *, canonical: Callable[[str], str] | None = None,
@@ -48,8 +51,8 @@ def _plugins() -> None:
     call_hook("register_encoders", register)
 
 
-def _conse(runtime: str) -> Encoder:
-    return ConseEncoder(get_encoder("minilm", runtime), get_encoder("efficientnet", runtime))
+def _conse(runtime: str, **settings) -> Encoder:
+    return ConseEncoder(get_encoder("minilm", runtime), get_encoder("efficientnet", runtime), **settings)
 
 
 def _vectors(rest: str) -> Encoder:
@@ -117,11 +120,14 @@ def encoder_spec(name: str, runtime: str | None = None) -> EncoderSpec:
     return get_encoder(name).to_spec()
 
 
-def get_encoder(name: str, runtime: str | None = None) -> Encoder:
+def get_encoder(name: str, runtime: str | None = None, *, version: str | None = None) -> Encoder:
     """Return the encoder called `name`, loading it once per process. The bundled networks run
-    on `runtime` (onnx or torch; default: $LATENT_RUNTIME, else onnx); others have one way to run."""
+    on `runtime` (onnx or torch; default: $LATENT_RUNTIME, else onnx); others have one way to run.
+    `version`, the one an index recorded, keeps an earlier default's settings where it names one
+    (conse's first default), so the index's new vectors match those it holds."""
     chosen = _runtime_of(name, runtime)
-    cache_key = name if chosen is None else f"{name}@{chosen}"
+    settings = _SETTINGS[name](version) if name in _SETTINGS else {}
+    cache_key = (name if chosen is None else f"{name}@{chosen}") + (f"#{sorted(settings.items())}" if settings else "")
     if cache_key in _LOADED:
         return _LOADED[cache_key]
     prefix = _prefix_of(name)
@@ -131,7 +137,7 @@ def get_encoder(name: str, runtime: str | None = None) -> Encoder:
         if not cached:  # the factory caches (a plugin that sees its model file change on disk)
             return encoder
     elif chosen is not None:
-        encoder = _FACTORIES[name][0](chosen)
+        encoder = _FACTORIES[name][0](chosen, **settings)
     elif name in _FACTORIES:
         encoder = _FACTORIES[name][0]()
     else:

@@ -157,16 +157,31 @@ def imagenet_names() -> tuple[list[str], list[str]]:
     ("tabby"), readable in metadata and usable in text prompts; the four classes whose first
     synonym is shared (two cranes, two maillots) are disambiguated. Short names are unique.
     """
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
-        raise EncoderUnavailable("the ImageNet class names come with timm; install it: pip install timm")
-    info = Path(list(spec.submodule_search_locations)[0]) / "data" / "_info"
+    info = _timm_info()
     synsets = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").splitlines()
     lemmas = dict(csv.reader((info / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines(),
                              delimiter="\t"))
     descriptions = [lemmas[synset] for synset in synsets]
     short = [_SHORT_NAME_OVERRIDES.get(i, d.split(",")[0].strip()) for i, d in enumerate(descriptions)]
     return short, descriptions
+
+
+def imagenet_definitions() -> list[str]:
+    """The WordNet definitions (glosses) of the 1000 ImageNet-1k classes, in class order, from
+    timm's data files ("small domesticated dog of obscure origin..."): ConSE's class texts."""
+    info = _timm_info()
+    synsets = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").splitlines()
+    glosses = dict(line.split("\t", 1) for line in
+                   (info / "imagenet_synset_to_definition.txt").read_text(encoding="utf-8").splitlines() if line)
+    return [glosses[synset].strip() for synset in synsets]
+
+
+def _timm_info() -> Path:
+    """timm's folder of ImageNet data files, found without importing timm (which imports torch)."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderUnavailable("the ImageNet class names come with timm; install it: pip install timm")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "_info"
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

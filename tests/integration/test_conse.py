@@ -104,3 +104,38 @@ def test_lfw_faces_cluster_under_efficientnet(tmp_path):
     measured = float(np.mean(face_share))
     print(f"faces among a face's {k} nearest: {measured:.3f} (base rate {base_rate:.3f})")
     assert measured >= 0.9 and measured > base_rate + 0.3
+
+
+def test_an_index_made_with_the_first_default_keeps_its_settings(tmp_path, photos):
+    """conse's default changed (T=10, four prompts and WordNet definitions); an index whose
+    recorded version names the first default (T=5, 'an image of {}') keeps making its vectors."""
+    from latent.indexer.encoders import conse as conse_module
+
+    index = Index.create(tmp_path / "new", encoder="conse")
+    assert (index.encoder.top_t, index.encoder.prompts, index.encoder.definitions) == (
+        conse_module.TOP_T, conse_module.PROMPTS, True)
+    assert index.manifest["encoder_version"] == index.encoder.version
+    index.close()
+
+    first = index.manifest["encoder_version"].split("|", 2)[2]  # text and cnn versions, as before
+    old_version = f"T5|an image of {{}}|{first}"
+    old = Index.create(tmp_path / "old", encoder="conse")
+    old.store.set_manifest(encoder_version=old_version)
+    old.close()
+    reopened = Index.open(tmp_path / "old")
+    enc = reopened.encoder
+    assert (enc.top_t, enc.prompts, enc.definitions, enc.version) == (5, ("an image of {}",), False, old_version)
+    # its image vectors are the first default's: the top-5 classes' "an image of {}" embeddings
+    cat = Image.open(photos / "chelsea.png").convert("RGB")
+    _, logits = enc.cnn.forward(np.stack([enc.preprocess(cat)]))
+    top5 = np.argsort(-logits[0])[:5]
+    expected = get_encoder("minilm").encode([f"an image of {enc.cnn.labels[c]}" for c in top5])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(enc.class_vectors[top5], expected, atol=1e-5)
+    p = np.exp(logits[0, top5] - logits[0].max())
+    mean = (p / p.sum()) @ expected
+    vectors, _ = enc.encode_images([cat])
+    np.testing.assert_allclose(vectors[0], mean / np.linalg.norm(mean), atol=1e-5)
+    # and the new default's class vectors differ from them
+    assert not np.allclose(index.encoder.class_vectors[top5], enc.class_vectors[top5], atol=1e-3)
+    reopened.close()
