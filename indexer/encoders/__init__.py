@@ -52,7 +52,7 @@ def _plugins() -> None:
 
 
 def _conse(runtime: str, **settings) -> Encoder:
-    return ConseEncoder(get_encoder("minilm", runtime), get_encoder("efficientnet", runtime), **settings)
+    return ConseEncoder(get_encoder("minilm", runtime), lambda: get_encoder("efficientnet", runtime), **settings)
 
 
 def _vectors(rest: str) -> Encoder:

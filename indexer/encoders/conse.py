@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..paths import cache_dir
 from .base import Encoder, EncoderSpec, normalize
-from .efficientnet import efficientnet_spec, imagenet_definitions
+from .efficientnet import efficientnet_spec, imagenet_definitions, imagenet_names
 from .minilm import minilm_spec
 
 # Chosen by measurement on the ImageNet dev set (benchmarks/bench_image_features.py: 500 photos, one
@@ -38,15 +39,29 @@ class ConseEncoder(Encoder):
     modalities = ("text", "image")
     default_batch_size = 32
 
-    def __init__(self, text: Encoder, cnn: Encoder, *, top_t: int = TOP_T, prompts: Sequence[str] = PROMPTS,
-                 definitions: bool = DEFINITIONS):
+    def __init__(self, text: Encoder, cnn: Encoder | Callable[[], Encoder], *, top_t: int = TOP_T,
+                 prompts: Sequence[str] = PROMPTS, definitions: bool = DEFINITIONS):
+        """`cnn` is efficientnet, or a function that loads it: then text queries never load the
+        network, which only images need (its class names and version are known without it)."""
         self.text = text  # minilm
-        self.cnn = cnn  # efficientnet: `labels` and `forward` give ImageNet class logits
+        self._cnn, self._load_cnn = (cnn, None) if isinstance(cnn, Encoder) else (None, cnn)
+        self._cnn_lock = threading.Lock()
         self.top_t, self.prompts, self.definitions = int(top_t), tuple(prompts), bool(definitions)
         self.dim, self.runtime = self.text.dim, self.text.runtime
-        self.version = _version(self.top_t, self.prompts, self.definitions, self.text.version, self.cnn.version)
+        cnn_version = self._cnn.version if self._cnn is not None else efficientnet_spec(self.runtime).version
+        self.version = _version(self.top_t, self.prompts, self.definitions, self.text.version, cnn_version)
+        labels = self._cnn.labels if self._cnn is not None else imagenet_names()[0]
         glosses = tuple(imagenet_definitions()) if self.definitions else ()
-        self.class_vectors = _class_vectors(self.text, tuple(self.cnn.labels), self.prompts, glosses)
+        self.class_vectors = _class_vectors(self.text, tuple(labels), self.prompts, glosses)
+
+    @property
+    def cnn(self) -> Encoder:
+        """efficientnet: `labels` and `forward` give ImageNet class logits (loaded on first use)."""
+        if self._cnn is None:
+            with self._cnn_lock:  # image preprocessing runs in worker threads
+                if self._cnn is None:
+                    self._cnn = self._load_cnn()
+        return self._cnn
 
     def _embed(self, items: Sequence[str]) -> np.ndarray:
         return self.text._embed(items)

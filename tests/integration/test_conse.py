@@ -139,3 +139,17 @@ def test_an_index_made_with_the_first_default_keeps_its_settings(tmp_path, photo
     # and the new default's class vectors differ from them
     assert not np.allclose(index.encoder.class_vectors[top5], enc.class_vectors[top5], atol=1e-3)
     reopened.close()
+
+
+def test_text_queries_of_a_conse_index_do_not_load_the_cnn(tmp_path):
+    """Only images need efficientnet: a conse text search leaves it unloaded."""
+    import subprocess
+    import sys
+
+    Index.create(tmp_path / "idx", encoder="conse").add(["a red car", "a cup of coffee"]).added
+    code = ("import latent, latent.indexer.encoders as e; c = latent.open(%r); "
+            "hits = c.search('coffee', k=1); "
+            "print(hits[0].key, any(k.startswith('efficientnet@') for k in e._LOADED), "
+            "c.encoder._cnn is None)" % str(tmp_path / "idx"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1:] == ["False", "True"], out
