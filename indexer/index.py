@@ -19,8 +19,8 @@ from . import tuning
 from . import vector_index as vx
 from .encoders import Encoder, canonical_name, encoder_spec, get_encoder, normalize
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
-from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, LatentError,
-                     OutOfVocabulary, StorageError)
+from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, KeywordQueryError,
+                     LatentError, OutOfVocabulary, StorageError)
 from .filters import filter_fields, parse_where
 from .images import ImageRefused, prefetch, prepare
 from .lock import ReadWriteLock, WriteLock, env_seconds
@@ -304,6 +304,21 @@ class Index:
             return None
         sql, params = parse_where(where)
         return self.store.ids_where(sql, params, generation)
+
+    def keyword_ids(self, match: str, k: int, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, BM25 scores) of the k best items for an FTS5 MATCH expression (bound as a
+        parameter, never pasted into SQL) among those `where` matches; see Store.keyword_search."""
+        if not self.store.has_keyword_index():
+            raise KeywordQueryError(
+                f"{self.directory} has no keyword index yet: it was made by an older latent and this process may only "
+                f"read it; open it once with write access (any command, e.g. `latent info {self.directory}`) "
+                "to build it, or search with mode vector")
+        where_sql = parse_where(where) if where is not None and where.strip() else None
+        return self.store.keyword_search(match, k, where_sql)
+
+    def has_keyword_texts(self) -> bool:
+        """Whether any item has a text that keyword search reads (words and images have none)."""
+        return self.store.has_keyword_texts()
 
     def explain_no_match(self, where: str) -> str | None:
         """Why a filter that matched nothing could never match: the fields it names that no item

@@ -345,7 +345,9 @@
     if (effectiveMode(q) === "expr") {
       run({kind: "expr", label: q, render: "hits", url: indexPath("/expr" + query({expr: q, k: f.k, where: f.where}))});
     } else {
-      run({kind: "text", label: q, render: "hits", url: indexPath("/search" + query({q: q, ...f}))});
+      const mode = effectiveMode(q);  // text, keyword or hybrid
+      const params = mode === "text" ? {q: q, ...f} : {q: q, mode: mode, ...f};
+      run({kind: "text", label: q, render: "hits", url: indexPath("/search" + query(params))});
     }
   }
 
