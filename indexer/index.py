@@ -985,6 +985,10 @@ class Index:
             self.store.adopt_generation([i for i, _, _ in damaged["generation"]])
             repaired.append(f"moved {len(damaged['generation'])} item(s) from an unknown future generation to the "
                             "current one")
+        counts = self.store.keyword_index_counts()
+        if counts is not None and counts[0] != counts[1]:
+            self.store.rebuild_keyword_index()
+            repaired.append(f"rebuilt the keyword index ({counts[0]:,} texts in it, {counts[1]:,} in the store)")
         return repaired
 
     # -- inspection -----------------------------------------------------------------------------
@@ -1052,6 +1056,10 @@ class Index:
         if damaged["generation"]:
             problems.append(f"{len(damaged['generation'])} item(s) carry a generation newer than the store's "
                             f"{generation}; `latent rebuild` repairs them")
+        counts = self.store.keyword_index_counts()
+        if counts is not None and counts[0] != counts[1]:
+            problems.append(f"the keyword index holds {counts[0]:,} texts, the store {counts[1]:,}; "
+                            "`latent rebuild` makes it again")
         if vindex is None:
             problems.append(f"{load_error} (opening the index also rebuilds it)")
         else:

@@ -645,6 +645,19 @@ class Store:
         return self.conn.execute(
             f"SELECT 1 FROM items WHERE {_FTS_INDEXED.format(row='items')} LIMIT 1").fetchone() is not None
 
+    def keyword_index_counts(self) -> tuple[int, int] | None:
+        """(texts in the keyword index, items with a text it should hold); None without a keyword index."""
+        if not self.has_keyword_index():
+            return None
+        indexed = self.conn.execute(f"SELECT count(*) FROM {FTS_TABLE}_docsize").fetchone()[0]
+        texts = self.conn.execute(f"SELECT count(*) FROM items WHERE {_FTS_INDEXED.format(row='items')}").fetchone()[0]
+        return indexed, texts
+
+    def rebuild_keyword_index(self) -> None:
+        """Make the keyword index again from the items, in one transaction (a repair)."""
+        with self.transaction("the keyword index rebuild"):
+            _m005_keyword_index(self.db)
+
     def keyword_search(self, match: str, k: int, where: tuple[str, Sequence] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, BM25 scores, higher is better) of the k best items for an FTS5 MATCH expression,
         among those a filter (SQL and parameters from indexer.filters) matches. `match` is bound

@@ -126,6 +126,16 @@ def test_upserts_deletes_and_metadata_updates_keep_the_keyword_index(ix):
     assert ix.store.db.execute(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('integrity-check')") is not None
 
 
+def test_check_finds_and_rebuild_repairs_a_keyword_index_out_of_step(ix):
+    assert ix.check()["ok"]
+    ix.store.db.execute(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('delete-all')")  # as a hand edit would
+    assert ix.search("rain", mode="keyword") == []
+    report = ix.check()
+    assert not report["ok"] and any("keyword index holds 0 texts, the store 5" in p for p in report["problems"])
+    assert any("rebuilt the keyword index" in r for r in ix.rebuild())
+    assert ix.check()["ok"] and keys(ix.search("rain road", mode="keyword")) == ["rain"]
+
+
 def test_an_older_index_gets_its_keyword_index_on_open(ix, monkeypatch):
     directory = ix.directory
     ix.close()
