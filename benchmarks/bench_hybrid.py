@@ -186,6 +186,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import latent
+    from latent.indexer.store import FTS_TOKENIZE
     from latent.search.keyword import HYBRID_DEPTH, RRF_K, fuse
 
     items, queries, facts = build_set(args.site, args.queries, args.items, args.seed)
@@ -236,7 +237,7 @@ def main() -> None:
         writes = write_cost(root, keys, vectors, [text for _, text, _ in items])
 
     print(f"\nindex: {n} sections, minilm, flat; built in {build_s:.0f} s; k={K}, RRF k={RRF_K}, "
-          f"{HYBRID_DEPTH} candidates per side\n")
+          f"{HYBRID_DEPTH} candidates per side; keyword index tokenizer: {FTS_TOKENIZE}\n")
     print(f"{'mode':8}  {'nDCG@10':>8}  {'recall@10':>9}  {'median ms':>9}  {'p95 ms':>7}")
     for mode in ("vector", "keyword", "hybrid"):
         r, t = results[mode], latency[mode]
@@ -258,7 +259,8 @@ def main() -> None:
         f.write(json.dumps({"bench": "hybrid", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(args) | {
             "site": str(args.site)}, **facts, "items": n, "build_s": build_s, "results": results, "latency": latency,
             "tokenizers": tokenizers, "migration_s": migration_s, "writes_s": writes, "rrf_k": RRF_K,
-            "depth": HYBRID_DEPTH, "load": os.getloadavg()[0], "examples": examples[:20]}) + "\n")
+            "depth": HYBRID_DEPTH, "engine_tokenize": FTS_TOKENIZE, "load": os.getloadavg()[0],
+            "examples": examples[:20]}) + "\n")
 
 
 if __name__ == "__main__":

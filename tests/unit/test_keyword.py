@@ -51,6 +51,7 @@ def test_keyword_finds_exact_names_and_codes(ix):
     assert keys(ix.search("GPL-3.0-or-later", mode="keyword")) == ["licence"]
     assert keys(ix.search("sqlite_busy", mode="keyword")) == ["sqlite"]  # case folded
     assert keys(ix.search("cafe zurich", mode="keyword")) == ["cafe"]  # accents folded
+    assert keys(ix.search("flood", mode="keyword")) == ["rain"]  # stemmed: flooding
     hits = ix.search("rain road", mode="keyword")
     assert keys(hits) == ["rain"] and hits[0].score > 0 and hits[0].text == TEXTS["rain"]
     assert hits[0].metadata == {"n": 4} and hits[0].kind == "text" and hits[0].rank == 1
