@@ -1,8 +1,8 @@
 """Vector, keyword and hybrid search compared on a labelled retrieval set built from a real
 corpus latent did not write: the long descriptions (READMEs) in the METADATA files of the
-packages installed beside latent. Each README is cut into sections at its headings (Markdown
-`#` headings, and Markdown/reStructuredText headings underlined with = - ~ ^ * + #); a section's
-body, without its heading, is one item. A heading that occurs once in the whole corpus
+packages installed beside latent (latent's own left out). Each README is cut into sections
+at its headings (Markdown `#` headings, and Markdown/reStructuredText headings underlined
+with = - ~ ^ * + #); a section's body, without its heading, is one item. A heading that occurs once in the whole corpus
 (case-folded), has two words or more and heads a body of 25 words or more is a query, and
 its own section is its one relevant item (a known-item search, like a reader who remembers a
 section's title). Reports nDCG@10 and recall@10 of each mode through the engine
@@ -45,11 +45,16 @@ _MARKUP = re.compile(r"[`*_\[\]<>|]|\(http[^)]*\)")
 
 
 def readmes(site: Path) -> dict[str, str]:
-    """{distribution name: long description} of every installed distribution that has one."""
+    """{distribution name: long description} of every installed distribution that has one,
+    latent's own (an editable install puts it there) excepted: the corpus is others' writing."""
+    from latent.indexer.errors import DISTRIBUTION
+
     out = {}
     for meta in sorted(site.glob("*.dist-info/METADATA")):
         message = Parser().parsestr(meta.read_text(encoding="utf-8", errors="replace"))
         body = message.get_payload() or message.get("Description") or ""
+        if (message.get("Name") or "").lower() == DISTRIBUTION:
+            continue
         if isinstance(body, str) and body.strip():
             out[message.get("Name") or meta.parent.name] = body
     return out
