@@ -80,7 +80,7 @@ def _m003_skips_once(db: sqlite_utils.Database) -> None:
 # Tokens: unicode61 with remove_diacritics 2 (case and accents folded, split at punctuation, so
 # `read_csv` is the phrase "read csv" and `GPL-3.0` the phrase "gpl 3 0"), then Porter stemming
 # (English: "tsunamis" finds "tsunami"); chosen by benchmarks/bench_hybrid.py, where it beat
-# unicode61 alone and trigrams (keyword nDCG@10 0.397 against 0.366 and 0.351).
+# unicode61 alone and trigrams (keyword nDCG@10 0.406 against 0.384 and 0.367).
 FTS_TABLE = "items_fts"
 FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
 _FTS_INDEXED = "{row}.text IS NOT NULL AND {row}.kind != 'word'"
