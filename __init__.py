@@ -14,8 +14,8 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from .indexer.encoders import Encoder, get_encoder, list_encoders, register as register_encoder
 from .indexer.errors import (DISTRIBUTION, EncoderMismatch, EncoderUnavailable, FilterError, IndexCorrupt, IndexExists,
-                             IndexNotFound, InputError, LatentError, LockTimeout, MissingExtra, OutOfVocabulary,
-                             StorageError)
+                             IndexNotFound, InputError, KeywordQueryError, LatentError, LockTimeout, MissingExtra,
+                             OutOfVocabulary, StorageError)
 from .indexer.index import IngestReport
 from .indexer.readers import read_inputs
 from .indexer.records import Record, Skip
@@ -32,5 +32,5 @@ __all__ = [
     "create", "open", "analogy", "interpolate", "Collection", "Hit", "Step", "IngestReport",
     "Record", "Skip", "read_inputs", "Encoder", "get_encoder", "list_encoders", "register_encoder",
     "LatentError", "IndexNotFound", "IndexExists", "EncoderMismatch", "EncoderUnavailable", "OutOfVocabulary",
-    "LockTimeout", "FilterError", "InputError", "IndexCorrupt", "StorageError", "MissingExtra",
+    "LockTimeout", "FilterError", "KeywordQueryError", "InputError", "IndexCorrupt", "StorageError", "MissingExtra",
 ]

@@ -11,6 +11,7 @@ import numpy as np
 from latent.indexer.errors import LatentError
 from latent.search import search as search_index, similar as find_similar
 from latent.search.explore import query_term, search_expression
+from latent.search.keyword import MODES, SYNTAXES, search_by_mode
 from latent.search.words import neighbours
 from .common import echo_hits, explain_empty, index_dir, k_option, note, open_index, progress_bars, where_option
 
@@ -22,23 +23,37 @@ from .common import echo_hits, explain_empty, index_dir, k_option, note, open_in
               help="A vector expression instead of QUERY: keys, quoted texts and image files with + - and "
                    "weights, e.g. 'king - man + woman' or '0.5*\"a red car\" + photo.jpg'.")
 @click.option("--include-terms", is_flag=True, help="With --expr: keep the keys it names among the hits.")
+@click.option("--mode", type=click.Choice(MODES), default="vector", show_default=True,
+              help="vector: nearest neighbours of the encoded QUERY; keyword: BM25 over the texts (SQLite FTS5; "
+                   "the score is BM25); hybrid: both rankings fused by reciprocal rank (score: sum of 1/(60+rank)).")
+@click.option("--syntax", type=click.Choice(SYNTAXES), default="words", show_default=True,
+              help="For keyword and hybrid: QUERY as plain words (each matched as written) or in FTS5 query "
+                   "syntax (AND, OR, NOT, \"phrases\", prefix*, NEAR).")
 @k_option
 @where_option
-def search(directory: Path, query: str | None, expr: str | None, include_terms: bool, k: int, where: str | None):
+def search(directory: Path, query: str | None, expr: str | None, include_terms: bool, mode: str, syntax: str, k: int,
+           where: str | None):
     """Search DIRECTORY for the items nearest to QUERY (encoded by the index's encoder), or
     to a vector expression (--expr). DIRECTORY may be a built-in index: @words, @sentences, @photos.
+    --mode keyword finds exact words, names and codes in the texts; --mode hybrid adds them to
+    the nearest neighbours.
 
     \b
     Example:
         latent search notes "a dog on the beach" -k 5 --where "topic=animals"
+        latent search notes "GPL-3.0" --mode hybrid
         latent search @words --expr "king - man + woman" -k 3
     """
     if query is None and expr is None:
         raise click.UsageError("the query is missing: give a QUERY (a text, or an image file) or --expr EXPR")
     if query is not None and expr is not None:
         raise click.UsageError("give a QUERY or --expr, not both")
+    if expr is not None and mode != "vector":
+        raise click.UsageError("--expr is vector arithmetic: it searches in --mode vector only")
     with open_index(directory) as index:
-        if expr is not None:
+        if mode != "vector":
+            hits = search_by_mode(index, query, mode=mode, k=k, where=where, syntax=syntax)
+        elif expr is not None:
             hits = search_expression(index, expr, k=k, where=where, include_terms=include_terms)
         elif (term := query_term(index, query)).kind == "image":
             note(f"searching by the image file {term.value}")
@@ -49,7 +64,7 @@ def search(directory: Path, query: str | None, expr: str | None, include_terms: 
             if unknown:
                 note(f"not in the {index.encoder_name} vocabulary, left out of the query: {', '.join(unknown)}")
         explain_empty(index, hits, where)
-    echo_hits(hits, **({"query": query} if query is not None else {"expr": expr}))
+    echo_hits(hits, **({"query": query, "mode": mode} if query is not None else {"expr": expr}))
 
 
 @click.command()

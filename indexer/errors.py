@@ -45,6 +45,10 @@ class FilterError(LatentError):
     """A filter (`where`) expression cannot be parsed."""
 
 
+class KeywordQueryError(LatentError):
+    """A keyword search cannot run: its FTS5 query cannot be parsed, or the index has no keyword index or no texts."""
+
+
 class InputError(LatentError):
     """An input file or argument cannot be read at all."""
 

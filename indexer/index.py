@@ -19,8 +19,8 @@ from . import tuning
 from . import vector_index as vx
 from .encoders import Encoder, canonical_name, encoder_spec, get_encoder, normalize
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
-from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, LatentError,
-                     OutOfVocabulary, StorageError)
+from .errors import (EncoderMismatch, IndexCorrupt, IndexExists, IndexNotFound, InputError, KeywordQueryError,
+                     LatentError, OutOfVocabulary, StorageError)
 from .filters import filter_fields, parse_where
 from .images import ImageRefused, prefetch, prepare
 from .lock import ReadWriteLock, WriteLock, env_seconds
@@ -305,6 +305,21 @@ class Index:
             return None
         sql, params = parse_where(where)
         return self.store.ids_where(sql, params, generation)
+
+    def keyword_ids(self, match: str, k: int, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, BM25 scores) of the k best items for an FTS5 MATCH expression (bound as a
+        parameter, never pasted into SQL) among those `where` matches; see Store.keyword_search."""
+        if not self.store.has_keyword_index():
+            raise KeywordQueryError(
+                f"{self.directory} has no keyword index yet: it was made by an older latent and this process may only "
+                f"read it; open it once with write access (any command, e.g. `latent info {self.directory}`) "
+                "to build it, or search with mode vector")
+        where_sql = parse_where(where) if where is not None and where.strip() else None
+        return self.store.keyword_search(match, k, where_sql)
+
+    def has_keyword_texts(self) -> bool:
+        """Whether any item has a text that keyword search reads (words and images have none)."""
+        return self.store.has_keyword_texts()
 
     def explain_no_match(self, where: str) -> str | None:
         """Why a filter that matched nothing could never match: the fields it names that no item
@@ -971,6 +986,10 @@ class Index:
             self.store.adopt_generation([i for i, _, _ in damaged["generation"]])
             repaired.append(f"moved {len(damaged['generation'])} item(s) from an unknown future generation to the "
                             "current one")
+        counts = self.store.keyword_index_counts()
+        if counts is not None and counts[0] != counts[1]:
+            self.store.rebuild_keyword_index()
+            repaired.append(f"rebuilt the keyword index ({counts[0]:,} texts in it, {counts[1]:,} in the store)")
         return repaired
 
     # -- inspection -----------------------------------------------------------------------------
@@ -1038,6 +1057,10 @@ class Index:
         if damaged["generation"]:
             problems.append(f"{len(damaged['generation'])} item(s) carry a generation newer than the store's "
                             f"{generation}; `latent rebuild` repairs them")
+        counts = self.store.keyword_index_counts()
+        if counts is not None and counts[0] != counts[1]:
+            problems.append(f"the keyword index holds {counts[0]:,} texts, the store {counts[1]:,}; "
+                            "`latent rebuild` makes it again")
         if vindex is None:
             problems.append(f"{load_error} (opening the index also rebuilds it)")
         else:

@@ -24,7 +24,7 @@ import numpy as np
 import sqlite_utils
 
 from . import failpoints
-from .errors import FilterError, IndexCorrupt, IndexExists, ReadOnlyIndex, StorageError
+from .errors import FilterError, IndexCorrupt, IndexExists, KeywordQueryError, ReadOnlyIndex, StorageError
 
 DB_NAME = "latent.db"
 FORMAT_VERSION = 1
@@ -72,8 +72,43 @@ def _m003_skips_once(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS skipped_once ON skipped(source, coalesce(line, -1), reason)")
 
 
+# The keyword index (SQLite FTS5, ranked by BM25) over the texts of items, words excepted: an
+# external-content table (it stores the tokens, not a second copy of the texts) kept in step with
+# `items` by triggers, so every write (a batch, a replacement, a deletion, a repair) updates it in
+# its own transaction. Words (GloVe vocabularies: 400,000 one-word items) are left out: a word
+# index's keyword search would only find a word by itself, which its key already does.
+# Tokens: unicode61 with remove_diacritics 2 (case and accents folded, split at punctuation, so
+# `read_csv` is the phrase "read csv" and `GPL-3.0` the phrase "gpl 3 0"), then Porter stemming
+# (English: "tsunamis" finds "tsunami"); chosen by benchmarks/bench_hybrid.py, where it beat
+# unicode61 alone and trigrams (keyword nDCG@10 0.406 against 0.384 and 0.367).
+FTS_TABLE = "items_fts"
+FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
+_FTS_INDEXED = "{row}.text IS NOT NULL AND {row}.kind != 'word'"
+
+
+def _m005_keyword_index(db: sqlite_utils.Database) -> None:
+    """The keyword index and its triggers, filled from the items in this migration's transaction
+    (idempotent: a second run starts the index over)."""
+    new, old = _FTS_INDEXED.format(row="new"), _FTS_INDEXED.format(row="old")
+    for statement in (  # one by one: executescript would commit the migration's transaction first
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5("
+        f"text, content='items', content_rowid='id', tokenize='{FTS_TOKENIZE}')",
+        f"CREATE TRIGGER IF NOT EXISTS items_fts_insert AFTER INSERT ON items WHEN {new} BEGIN "
+        f"INSERT INTO {FTS_TABLE}(rowid, text) VALUES (new.id, new.text); END",
+        f"CREATE TRIGGER IF NOT EXISTS items_fts_delete AFTER DELETE ON items WHEN {old} BEGIN "
+        f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, text) VALUES ('delete', old.id, old.text); END",
+        f"CREATE TRIGGER IF NOT EXISTS items_fts_update AFTER UPDATE OF text, kind ON items BEGIN "
+        f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, text) SELECT 'delete', old.id, old.text WHERE {old}; "
+        f"INSERT INTO {FTS_TABLE}(rowid, text) SELECT new.id, new.text WHERE {new}; END",
+    ):
+        db.execute(statement)
+    db.execute(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('delete-all')")
+    db.execute(f"INSERT INTO {FTS_TABLE}(rowid, text) SELECT id, text FROM items WHERE {_FTS_INDEXED.format(row='items')}")
+
+
 # Schema migrations, applied in order; PRAGMA user_version counts those applied.
-MIGRATIONS = [_m001_initial, _m002_content_hash_index, _m003_skips_once]
+# (_m005: the number it has once m004, vectors out of the items table, lands before it.)
+MIGRATIONS = [_m001_initial, _m002_content_hash_index, _m003_skips_once, _m005_keyword_index]
 
 
 BUSY_TIMEOUT_MS = 30_000
@@ -124,6 +159,8 @@ def _open_uri(uri: str) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
+# FTS5's words for a MATCH expression it cannot parse
+_FTS_QUERY_ERROR = re.compile(r"fts5:|unterminated string|no such column|unknown special query|malformed MATCH")
 # SQLite's words for a statement it cannot parse or plan (as opposed to a damaged database)
 _QUERY_TOO_COMPLEX = re.compile(r"parser stack overflow|too large|too many|too deep|depth", re.IGNORECASE)
 ROW_CACHE_BYTES = 64 << 20  # rows of recent hits kept in memory, per open store (see Store.cached_rows)
@@ -288,11 +325,31 @@ class Store:
         return store
 
     def migrate(self) -> None:
+        """Apply the migrations not applied yet, each in its own write transaction. The version is
+        read again inside it: of two processes opening an old index at once, one migrates."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._write_transaction():
+                if self.db.execute("PRAGMA user_version").fetchone()[0] < number:
+                    migration(self.db)
+                    self.db.execute(f"PRAGMA user_version = {number}")
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """A transaction that holds the write lock from its start (BEGIN IMMEDIATE), or a savepoint
+        inside the caller's transaction."""
+        if self.conn.in_transaction:
             with self.db.atomic():
-                migration(self.db)
-                self.db.execute(f"PRAGMA user_version = {number}")
+                yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close every thread's connection."""
@@ -580,6 +637,50 @@ class Store:
                     cache.filters.pop(next(iter(cache.filters)))
                 cache.filters[key] = ids
         return ids
+
+    def has_keyword_index(self) -> bool:
+        """Whether the keyword index exists (a store opened read-only before its migration lacks it)."""
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", [FTS_TABLE]).fetchone() is not None
+
+    def has_keyword_texts(self) -> bool:
+        """Whether any item has a text in the keyword index (words and images have none)."""
+        return self.conn.execute(
+            f"SELECT 1 FROM items WHERE {_FTS_INDEXED.format(row='items')} LIMIT 1").fetchone() is not None
+
+    def keyword_index_counts(self) -> tuple[int, int] | None:
+        """(texts in the keyword index, items with a text it should hold); None without a keyword index."""
+        if not self.has_keyword_index():
+            return None
+        indexed = self.conn.execute(f"SELECT count(*) FROM {FTS_TABLE}_docsize").fetchone()[0]
+        texts = self.conn.execute(f"SELECT count(*) FROM items WHERE {_FTS_INDEXED.format(row='items')}").fetchone()[0]
+        return indexed, texts
+
+    def rebuild_keyword_index(self) -> None:
+        """Make the keyword index again from the items, in one transaction (a repair)."""
+        with self.transaction("the keyword index rebuild"):
+            _m005_keyword_index(self.db)
+
+    def keyword_search(self, match: str, k: int, where: tuple[str, Sequence] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, BM25 scores, higher is better) of the k best items for an FTS5 MATCH expression,
+        among those a filter (SQL and parameters from indexer.filters) matches. `match` is bound
+        as a parameter; FTS5 parses it: a malformed one raises KeywordQueryError."""
+        sql = f"SELECT rowid, -bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ?"
+        params: list = [match]
+        if where is not None:
+            sql += f" AND rowid IN (SELECT id FROM items WHERE {where[0]})"
+            params += list(where[1])
+        try:
+            rows = self.conn.execute(sql + " ORDER BY rank LIMIT ?", [*params, int(k)]).fetchall()
+        except sqlite3.OperationalError as e:
+            message = str(e)
+            if _FTS_QUERY_ERROR.match(message):
+                raise KeywordQueryError(f"cannot read the keyword query {match!r} ({message}); see FTS5 query "
+                                        "syntax, or search for plain words (the default)") from None
+            if _QUERY_TOO_COMPLEX.search(message):
+                raise FilterError(f"query or filter too complex for SQLite ({e}); simplify it") from None
+            raise
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return ids, np.array([r[1] for r in rows], dtype=np.float64)
 
     def fields_absent(self, paths: dict[str, str]) -> list[str]:
         """Those of the named JSON paths ({name: path}) that no item's metadata has."""

@@ -12,7 +12,7 @@ from latent.indexer.builtin import open_index
 from latent.indexer.errors import InputError
 from latent.indexer.index import Index, Progress, _no_progress
 
-from . import explore, query as queries
+from . import explore, keyword, query as queries
 from .query import Hit
 
 
@@ -21,17 +21,25 @@ class Collection(Index):
     Index) and `search`, `similar`, `search_vectors`, `interpolate`, `analogy`."""
 
     def search(self, query: str | np.ndarray | None = None, *, k: int = 10, where: str | None = None,
-               expr: str | None = None, include_terms: bool = False, min_score: float | None = None) -> list[Hit]:
+               expr: str | None = None, include_terms: bool = False, min_score: float | None = None,
+               mode: str = "vector", syntax: str = "words") -> list[Hit]:
         """The k nearest items to a text (encoded by the index's encoder), a vector, or a vector
         expression such as `expr='king - man + woman'` (whose keys are left out unless
-        `include_terms`); `where` filters on metadata first; hits below `min_score` are dropped."""
+        `include_terms`); `where` filters on metadata first; hits below `min_score` are dropped.
+
+        `mode="keyword"` ranks the texts by BM25 (SQLite FTS5), `mode="hybrid"` fuses both
+        rankings by reciprocal rank fusion (see search/keyword.py); the score is then the BM25
+        or the fused score. Their query is plain words (`syntax="words"`) or FTS5 query
+        syntax (`syntax="fts5"`)."""
         if (query is None) == (expr is None):
             raise InputError("give a query (a text or a vector) or an expression, not both"
                              if expr is not None else "the query is missing: give a text, a vector or an expression")
         if expr is not None:
+            if mode != "vector":
+                raise InputError(f"an expression is vector arithmetic: it searches in mode vector, not {mode!r}")
             hits = explore.search_expression(self, expr, k=k, where=where, include_terms=include_terms)
         else:
-            hits = queries.search(self, query, k=k, where=where)
+            hits = keyword.search_by_mode(self, query, mode=mode, k=k, where=where, syntax=syntax)
         return _above(hits, min_score)
 
     def search_vectors(self, vectors: np.ndarray, *, k: int = 10, where: str | None = None) -> list[list[Hit]]:

@@ -14,6 +14,7 @@ from latent.indexer.images import ImageRefused, decode_image
 from latent.indexer.index import Index
 
 from ..explore import ExpressionError, Term, analogy, interpolate, parse_expression, search_expression
+from ..keyword import search_by_mode
 from ..query import search, similar
 from .errors import ImageUnreadable, NotFound
 from .schemas import HitsOut, IndexDetailOut, IndexesOut, ItemOut, MapOut, StepsOut, error_responses
@@ -99,11 +100,20 @@ def _index_routes(router: APIRouter, api: Api, Name, auth_errors) -> None:
 
 def _query_routes(router: APIRouter, api: Api, common: dict, Name, Text, K, Where, MinScore) -> None:
     @router.get("/indexes/{name}/search", response_model=HitsOut, responses=common)
-    def search_text(name: Name, q: Text, k: K = 10, where: Where = None, min_score: MinScore = None):
-        """The k nearest items to a text (a word or words for GloVe indexes), encoded by the index's encoder."""
+    def search_text(name: Name, q: Text, k: K = 10, where: Where = None, min_score: MinScore = None,
+                    mode: Annotated[Literal["vector", "keyword", "hybrid"], Query(description=(
+                        "vector: nearest neighbours of the encoded text; keyword: BM25 over the texts (SQLite "
+                        "FTS5), score = BM25; hybrid: both fused by reciprocal rank, score = sum of 1/(60+rank)."
+                    ))] = "vector",
+                    syntax: Annotated[Literal["words", "fts5"], Query(description=(
+                        "keyword and hybrid: q as plain words, or in FTS5 query syntax (a malformed one: 400)."
+                    ))] = "words"):
+        """The k nearest items to a text (a word or words for GloVe indexes), encoded by the index's
+        encoder; or the best by keywords (mode=keyword), or both fused (mode=hybrid)."""
         started, served = time.perf_counter(), api.get(name)
         with served.using() as index:
-            return api.hits(served, search(index, q, k=k, where=where), started, min_score)
+            hits = search_by_mode(index, q, mode=mode, k=k, where=where, syntax=syntax)
+            return api.hits(served, hits, started, min_score)
 
     @router.post("/indexes/{name}/search/image", response_model=HitsOut,
                  responses={**common, **error_responses(413, 415)})

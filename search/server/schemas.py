@@ -19,7 +19,8 @@ class HitOut(BaseModel):
     rank: int
     id: int
     key: str
-    score: float = Field(description="Cosine similarity (3CosAdd/3CosMul score for analogies).")
+    score: float = Field(description="Cosine similarity (3CosAdd/3CosMul score for analogies; BM25 for keyword "
+                                     "search; the reciprocal-rank-fusion score for hybrid search).")
     kind: str = Field(description="text, word, image or vector")
     text: str | None
     metadata: dict[str, Any]

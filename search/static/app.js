@@ -345,7 +345,9 @@
     if (effectiveMode(q) === "expr") {
       run({kind: "expr", label: q, render: "hits", url: indexPath("/expr" + query({expr: q, k: f.k, where: f.where}))});
     } else {
-      run({kind: "text", label: q, render: "hits", url: indexPath("/search" + query({q: q, ...f}))});
+      const mode = effectiveMode(q);  // text, keyword or hybrid
+      const params = mode === "text" ? {q: q, ...f} : {q: q, mode: mode, ...f};
+      run({kind: "text", label: q, mode: mode, render: "hits", url: indexPath("/search" + query(params))});
     }
   }
 
@@ -562,7 +564,10 @@
     ui.summary.appendChild(el("strong", null, count + " " + noun + (count === 1 ? "" : "s")));
     const what = el("span", "what");
     const img = action.preview ? thumbImageBlob(action.preview) : action.thumb ? thumbImage(action.thumb, "") : null;
-    if (action.kind === "text") { what.append(" for "); what.appendChild(el("q", null, action.label)); }
+    if (action.kind === "text") {
+      what.append(" for "); what.appendChild(el("q", null, action.label));
+      if (action.mode === "keyword" || action.mode === "hybrid") what.append(action.mode === "keyword" ? " by keywords (BM25)" : " by meaning and keywords (hybrid)");
+    }
     else if (action.kind === "expr") { what.append(" for the expression "); what.appendChild(el("code", null, action.label)); }
     else if (action.kind === "similar") { what.append(" similar to "); if (img) what.appendChild(img); what.appendChild(el("b", null, action.label)); }
     else if (action.kind === "image") { what.append(" like the image "); if (img) what.appendChild(img); what.appendChild(el("b", null, action.label)); }
@@ -608,7 +613,9 @@
       ui.results.appendChild(none);
     }
     const top = hits.reduce((m, h) => (typeof h.score === "number" && isFinite(h.score) ? Math.max(m, h.score) : m), 0);
-    const scale = action.kind === "analogy" ? Math.max(top, 1e-9) : Math.max(1, top);
+    // analogies, BM25 and fused scores are not cosines in [-1, 1]: their bars are relative to the best hit
+    const relative = action.kind === "analogy" || action.mode === "keyword" || action.mode === "hybrid";
+    const scale = relative ? Math.max(top, 1e-9) : Math.max(1, top);
     for (const hit of hits) ui.results.appendChild(makeCard(hit, scale));
     suggestFilter(hits);
     MapView.highlight(hits.map((h) => h.id));

@@ -7,6 +7,7 @@ or always with LATENT_DOCS_SCREENSHOTS=1."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -320,6 +321,22 @@ def test_a_text_index_shows_snippets_and_filters_by_topic(page):
     search(page, "storms and heavy rain", where="topic = ocean")
     chips = page.eval_on_selector_all("#results .card .chip", "cs => cs.map(c => c.textContent)")
     assert chips and set(chips) == {"topic: ocean"}, chips
+
+
+def test_keyword_and_hybrid_modes_from_the_mode_menu(page, sentences):
+    shown = {s["id"]: s["text"] for s in sentences[::5]}
+    with_planet = sorted(k for k, t in shown.items() if re.search(r"\bplanets?\b", t, re.IGNORECASE))
+    assert with_planet  # the served sentences
+    choose(page, "sentences")
+    page.select_option("#mode", "keyword")
+    search(page, "planet planets")
+    assert sorted(keys(page)) == with_planet and "by keywords" in page.inner_text("#summary")
+    page.select_option("#mode", "hybrid")
+    search(page, "planet planets")
+    found = keys(page)
+    assert len(found) == 12 and set(with_planet) <= set(found)
+    shot(page, "sentences-hybrid")
+    page.select_option("#mode", "auto")
 
 
 def test_keys_texts_and_metadata_are_shown_as_text_never_as_html(page):

@@ -155,6 +155,25 @@ def test_sentence_search(client):
     assert doc["hits"][0]["metadata"]["topic"] == "weather" and doc["hits"][0]["text"]
 
 
+def test_keyword_and_hybrid_modes(client):
+    search = "/api/indexes/idx/search"
+    keyword = ok(client.get(search, params={"q": "tsunami earthquake", "mode": "keyword", "k": 5}))
+    texts = [h["text"].lower() for h in keyword["hits"]]  # Porter stems: plurals match too
+    assert len(texts) == 2 and "tsunamis" in texts[0] and all("earthquake" in t for t in texts)
+    assert keyword["hits"][0]["score"] > 0 and [h["rank"] for h in keyword["hits"]] == \
+        list(range(1, len(keyword["hits"]) + 1))
+    hybrid = ok(client.get(search, params={"q": "heavy rain and flooding", "mode": "hybrid", "k": 3}))
+    assert hybrid["hits"][0]["metadata"]["topic"] == "weather" and hybrid["hits"][0]["score"] <= 2 / 61
+    only = ok(client.get(search, params={"q": "rain", "mode": "keyword", "where": "topic = weather"}))
+    assert only["hits"] and all(h["metadata"]["topic"] == "weather" for h in only["hits"])
+    both = ok(client.get(search, params={"q": "rain AND flooding", "mode": "keyword", "syntax": "fts5"}))
+    assert all("rain" in h["text"].lower() and "flood" in h["text"].lower() for h in both["hits"])
+    fails(client.get(search, params={"q": "rain AND (", "mode": "keyword", "syntax": "fts5"}), 400, "keyword query")
+    fails(client.get(search, params={"q": "rain", "mode": "bm25"}), 422, "mode")
+    fails(client.get("/api/indexes/photos/search", params={"q": "cat", "mode": "keyword"}), 400, "no texts")
+    fails(client.get("/api/indexes/words/search", params={"q": "king", "mode": "hybrid"}), 400, "single words")
+
+
 def test_similar_by_key_and_by_id(client):
     by_key = ok(client.get("/api/indexes/words/similar", params={"key": "king", "k": 5}))
     assert "queen" in keys(by_key) and "king" not in keys(by_key)
