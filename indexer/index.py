@@ -1033,7 +1033,8 @@ class Index:
             "index_type": manifest["index_type"], "faiss_factory": header.get("factory"),
             "search_params": manifest.get("search_params", {}),
             "target_recall": manifest.get("target_recall"),
-            "tuning": {k: v for k, v in (manifest.get("tuning") or {}).items() if k != "tried"} or None,
+            "tuning": {k: ({n: x for n, x in v.items() if n != "pairs"} if k == "probe" else v)
+                       for k, v in (manifest.get("tuning") or {}).items() if k != "tried"} or None,
             "generation": manifest["generation"], "vectors_generation": header.get("generation"),
             "size_bytes": size, "skipped_inputs": self.store.skipped_count(),
             "created": manifest.get("created"), "format_version": manifest.get("format_version"),

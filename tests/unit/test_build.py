@@ -63,6 +63,8 @@ def test_a_target_builds_the_approximate_index_once_then_checks_growth_without_r
     assert last["recall"] >= last["goal"] or last["after"] == tuning.EF_MAX
     assert index.params["efSearch"] == last["after"] == index.vectors.params["efSearch"]
     assert index.check()["ok"] and index.vectors.ntotal == 2400
+    shown = index.info()["tuning"]["probe"]  # `latent info` leaves out the 1,000 pairs of ids
+    assert "pairs" not in shown and shown["last"] == last
     index.close()
 
 
