@@ -475,6 +475,7 @@ class Index:
         """Measure the probes of the last tuning on the grown index (no rebuild) and raise its
         search parameter until they reach their recall at tuning again; the new record waits
         in `self._tuned` for `_record_tuning` (see indexer/tuning.py)."""
+        started = time.perf_counter()
         vindex = self._vectors
         record = dict(self.manifest["tuning"])
         probe = dict(record["probe"])
@@ -492,7 +493,8 @@ class Index:
                 done = tuning.check(vindex, truth.queries, truth.ids, probe["recall"])
                 record["params"] = {**record["params"], done["param"]: done["after"]}
                 probe["count"] = n
-                probe["last"] = {"count": n, **{k: v for k, v in done.items() if k != "tried"}}
+                probe["last"] = {"count": n, **{k: v for k, v in done.items() if k != "tried"},
+                                 "seconds": round(time.perf_counter() - started, 2)}  # the brute force included
         record["probe"] = probe
         self._tuned = record
 

@@ -159,7 +159,7 @@ def check(vindex, probes: np.ndarray, truth: np.ndarray, goal: float, *, k: int 
     else:
         vindex.params[name] = current
     return {"param": name, "before": current, "after": int(vindex.params[name]), "recall": round(got, 4),
-            "goal": round(want, 4), "tried": tried, "seconds": round(time.perf_counter() - started, 2)}
+            "goal": round(want, 4), "tried": tried, "sweep_seconds": round(time.perf_counter() - started, 2)}
 
 
 def recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
