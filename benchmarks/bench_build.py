@@ -6,7 +6,7 @@ index with a recall target grows in batches (see indexer/tuning.py):
   Target: <= 1.25x raw FAISS. Also counted: the vectors added to an approximate index (the
   build must add each once: nothing built item by item and then rebuilt).
 - hnsw384: N 384-d clustered vectors into HNSW32, raw FAISS against the engine's build and
-  against adds of 1,000 at a time (and of 64, an encoder's batch, on the first 20,000); CPU
+  against adds of 1,000 at a time (and of 64, an encoder's batch, on the first 10,000); CPU
   time / wall time says how many cores were used. Target: both cores (a ratio near 2).
 - ivfpq: N 64-d clustered vectors (bench_data.clustered_64), the `ivfpq` type: the engine's
   whole add (store, then the IVF-PQ build) and its rebuild from the store, against raw FAISS
@@ -189,19 +189,20 @@ def part_hnsw384(n: int, workdir: Path) -> dict:
     for start in range(0, n, 1000):
         vindex.add(np.arange(start, min(n, start + 1000)), x[start:start + 1000])
     out["engine_adds_of_1000"] = timing(*done())
-    small = min(n, 20_000)  # FAISS runs an HNSW add on one thread when a level gets <= 100 new vectors
+    small = min(n, 10_000)  # FAISS runs an HNSW add on one thread when a level gets <= 100 new vectors
     done = clock()
     vindex = vx.VectorIndex.new("HNSW32", 384)
     for start in range(0, small, 64):
-        vindex.add(np.arange(start, min(small, start + 64)), x[start:start + 64])
-    out["engine_adds_of_64_first_20k"] = timing(*done())
-    for name in ("faiss", "engine_build", "engine_adds_of_1000", "engine_adds_of_64_first_20k"):
+        stop = min(small, start + 64)
+        vindex.add(np.arange(start, stop), x[start:stop])
+    out["engine_adds_of_64_first_10k"] = timing(*done())
+    for name in ("faiss", "engine_build", "engine_adds_of_1000", "engine_adds_of_64_first_10k"):
         print(f"  {name}: {out[name]}")
     print(f"target: {n:,} x 384-d HNSW32 build uses both cores: CPU/wall {out['engine_build']['cores_used']} "
           f"with {out['engine_build']['busy_threads']} busy threads (build), "
           f"{out['engine_adds_of_1000']['cores_used']} / {out['engine_adds_of_1000']['busy_threads']} (adds of "
-          f"1,000), {out['engine_adds_of_64_first_20k']['cores_used']} / "
-          f"{out['engine_adds_of_64_first_20k']['busy_threads']} (adds of 64); raw FAISS "
+          f"1,000), {out['engine_adds_of_64_first_10k']['cores_used']} / "
+          f"{out['engine_adds_of_64_first_10k']['busy_threads']} (adds of 64); raw FAISS "
           f"{out['faiss']['cores_used']} / {out['faiss']['busy_threads']}")
     return out
 
