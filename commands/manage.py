@@ -219,7 +219,8 @@ def tune(directory: Path, target_recall: float | None):
     The vector index is rebuilt without a random sample of 1,000 items (a tenth of a small
     index), whose exact neighbours are found meanwhile; the cheapest efSearch (HNSW), nprobe
     (IVF) or nprobe and re-ranking depth (IVF-PQ) reaching the target is kept in the manifest,
-    and the sample is added back. The index is re-tuned each time it has doubled.
+    and the sample is added back. As the index grows, every 10% a check of 1,000 probes raises
+    efSearch or nprobe without a rebuild; at 4x the tuned size it is tuned again.
 
     \b
     Example:

@@ -167,8 +167,9 @@ class Index:
         onnx), recorded in the manifest: the index's queries use it. Their models are not loaded here.
 
         With `target_recall`, search parameters are tuned to reach that recall@10 on held-out
-        items whenever the vector index is built as an approximate type, and again each time
-        the index has doubled (see indexer/tuning.py)."""
+        items whenever the vector index is built as an approximate type (exact until then), checked
+        without a rebuild each time it has grown 10%, and re-tuned once it has grown 4x (see
+        indexer/tuning.py)."""
         directory = Path(directory)
         if target_recall is not None:
             target_recall = tuning.check_target(target_recall)
@@ -429,24 +430,33 @@ class Index:
     def _build_vectors(self, progress: Progress = _no_progress, *, tune: bool = False) -> vx.VectorIndex:
         """Build the vector index from the store. With `tune` (writers only) and a recall target,
         an approximate index is built without a held-out sample, tuned on it, then completed;
-        what was measured waits in `self._tuned` for `_record_tuning`."""
+        what was measured waits in `self._tuned` for `_record_tuning`. An index with a target
+        that has not been tuned for it is built exact (Flat) when it cannot be tuned now: its
+        first approximate build is the tuning one (see indexer/tuning.py)."""
         self._tuned = None
         with self.store.snapshot():
             generation = self.store.generation()
             n = self.store.count()
             target = self.manifest.get("target_recall") if tune else None
-            approximate = vx.planned_factory(self.index_type, n, self.dim) != "Flat"
+            factory = vx.planned_factory(self.index_type, n, self.dim)
+            spec = self.index_type
             held = np.zeros(0, dtype=np.int64)
-            if target is not None and approximate and tuning.holdout_size(n):
+            probes = None
+            if target is not None and factory != "Flat" and tuning.holdout_size(n):
                 ids = self.store.ids()
                 rng = np.random.default_rng(generation)
                 held = np.sort(rng.choice(ids, size=tuning.holdout_size(n), replace=False))
                 held_vectors = self.store.vectors(held, self.dim)
                 exact = vx.ExactTopK(held_vectors, tuning.K)
+                pairs = tuning.probe_pairs(ids, generation + 1)
+                probes = vx.ExactTopK(self._probe_vectors(pairs), tuning.K)
+            elif tuning.untuned(self.manifest, factory):
+                spec = "flat"
 
             def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 for ids, vectors in self.store.iter_vectors(self.dim):
                     if len(held):
+                        probes.add(vectors, ids)
                         keep = ~np.isin(ids, held)
                         ids, vectors = ids[keep], vectors[keep]
                         exact.add(vectors, ids)
@@ -458,7 +468,7 @@ class Index:
                 return self.store.vectors(chosen, self.dim)
 
             progress("index", 0, n)
-            vindex = vx.VectorIndex.build(self.index_type, self.dim, n, blocks, params=self.params,
+            vindex = vx.VectorIndex.build(spec, self.dim, n, blocks, params=self.params,
                                           sample=sample, progress=lambda m: progress("index", m, n))
             if len(held):
                 progress("tune", 0, None)
@@ -467,8 +477,42 @@ class Index:
                                    at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
                 vindex.add(held, held_vectors)
                 progress("index", len(held), n)
+                if tuning.check_param(vindex) is not None:  # the probes' recall now: the goal of later checks
+                    value = tuning.probe_recall(vindex, probes.queries, probes.ids)
+                    self._tuned["probe"] = {"pairs": pairs.tolist(), "recall": round(value, 4), "count": n}
         vindex.generation = generation
         return vindex
+
+    def _probe_vectors(self, pairs: np.ndarray) -> np.ndarray:
+        flat = self.store.vectors(pairs.reshape(-1), self.dim).reshape(len(pairs), 2, self.dim)
+        return tuning.probe_queries(flat[:, 0], flat[:, 1])
+
+    def _check_tuning(self, progress: Progress = _no_progress) -> None:
+        """Measure the probes of the last tuning on the grown index (no rebuild) and raise its
+        search parameter until they reach their recall at tuning again; the new record waits
+        in `self._tuned` for `_record_tuning` (see indexer/tuning.py)."""
+        started = time.perf_counter()
+        vindex = self._vectors
+        record = dict(self.manifest["tuning"])
+        probe = dict(record["probe"])
+        progress("check", 0, None)
+        with self.store.snapshot():
+            n = self.store.count()
+            pairs = np.asarray(probe["pairs"], dtype=np.int64).reshape(-1, 2)
+            pairs = pairs[np.isin(pairs, self.store.ids()).all(axis=1)]  # both items still stored
+            if tuning.check_param(vindex) is None or len(pairs) == 0:
+                probe["count"] = n  # nothing to measure here: the next full re-tune makes new probes
+            else:
+                truth = vx.ExactTopK(self._probe_vectors(pairs), tuning.K)
+                for ids, vectors in self.store.iter_vectors(self.dim):
+                    truth.add(vectors, ids)
+                done = tuning.check(vindex, truth.queries, truth.ids, probe["recall"])
+                record["params"] = {**record["params"], done["param"]: done["after"]}
+                probe["count"] = n
+                probe["last"] = {"count": n, **{k: v for k, v in done.items() if k != "tried"},
+                                 "seconds": round(time.perf_counter() - started, 2)}  # the brute force included
+        record["probe"] = probe
+        self._tuned = record
 
     def _record_tuning(self) -> None:
         """Store the parameters and figures of the tuning done by the last build, if any."""
@@ -626,6 +670,8 @@ class Index:
                 rebuilt = vindex.wants_rebuild(self.index_type, n) or tuning.wants_retune(self.manifest, n)
                 if rebuilt:
                     self._replace_vectors(self._build_vectors(progress, tune=True))
+                elif tuning.wants_check(self.manifest, n):
+                    self._check_tuning(progress)
                 if rebuilt or self._vectors.generation != self.store.manifest().get("vectors_generation"):
                     self._save_vectors()
                     self._record_tuning()
@@ -1009,7 +1055,8 @@ class Index:
             "index_type": manifest["index_type"], "faiss_factory": header.get("factory"),
             "search_params": manifest.get("search_params", {}),
             "target_recall": manifest.get("target_recall"),
-            "tuning": {k: v for k, v in (manifest.get("tuning") or {}).items() if k != "tried"} or None,
+            "tuning": {k: ({n: x for n, x in v.items() if n != "pairs"} if k == "probe" else v)
+                       for k, v in (manifest.get("tuning") or {}).items() if k != "tried"} or None,
             "generation": manifest["generation"], "vectors_generation": header.get("generation"),
             "size_bytes": size, "skipped_inputs": self.store.skipped_count(),
             "created": manifest.get("created"), "format_version": manifest.get("format_version"),

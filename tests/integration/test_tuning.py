@@ -55,19 +55,42 @@ def test_tuned_parameters_reach_the_target_on_unseen_queries(tmp_path, glove_wor
         assert again.vectors.params.items() >= params.items()
 
 
-def test_retuned_when_the_index_has_doubled(tmp_path, glove_words):
+def test_growth_is_checked_without_a_rebuild_and_retuned_at_4x(tmp_path, glove_words):
     index = Index.create(tmp_path / "grow", encoder="glove", index_type="hnsw", target_recall=0.9)
     index.add(word_records(glove_words[100:100 + MIN_ITEMS - 1]))
-    assert "tuning" not in index.manifest or index.manifest["tuning"] is None  # too few to hold any out
+    assert index.manifest.get("tuning") is None  # too few to hold any out:
+    assert index.vectors.factory == "Flat"  # exact until the tuning build, so nothing is built twice
     index.add(word_records(glove_words[2000:3000]))
     first = index.manifest["tuning"]
     assert first["count"] == MIN_ITEMS - 1 + 1000 and first["queries"] == first["count"] // 10
-    index.add(word_records(glove_words[5000:6000]))  # not yet doubled: kept
-    assert index.manifest["tuning"] == first
-    index.add(word_records(glove_words[8000:9500]))  # 4,499 >= 2 x 1,999
+    assert first["factory"] == "HNSW32" and first["probe"]["count"] == first["count"]
+    index.add(word_records(glove_words[5000:6000]))  # +50%: the probes are measured again, nothing rebuilt
+    checked = index.manifest["tuning"]
+    assert checked["at"] == first["at"] and checked["probe"]["count"] == 2_999
+    assert checked["params"]["efSearch"] >= first["params"]["efSearch"]
+    assert checked["probe"]["last"]["recall"] >= checked["probe"]["last"]["goal"]
+    index.add(word_records(glove_words[8000:13000]))  # 7,999 >= 4 x 1,999: a new tuning, new probes
     second = index.manifest["tuning"]
-    assert second["count"] == 4_499 and second["at"] >= first["at"] and second["generation"] > first["generation"]
-    assert index.check()["ok"] and index.vectors.ntotal == 4_499
+    assert second["count"] == 7_999 and second["at"] >= first["at"] and second["generation"] > first["generation"]
+    assert second["probe"]["pairs"] != first["probe"]["pairs"]
+    assert index.check()["ok"] and index.vectors.ntotal == 7_999
+    index.close()
+
+
+def test_checks_keep_the_target_for_unseen_words_as_the_index_grows(tmp_path, glove_words):
+    """Tuned at 3,000 words, checked after each 20-30% of growth up to 11,000 (under the 4x of a
+    new tuning): unseen words (never added) keep recall@10 at the target."""
+    pool = glove_words[100:20100]
+    order = np.random.default_rng(3).permutation(len(pool))
+    unseen, words = [pool[i] for i in order[:500]], [pool[i] for i in order[500:]]
+    index = Index.create(tmp_path / "checked", encoder="glove", index_type="hnsw", target_recall=0.95)
+    index.add(word_records(words[:3000]))
+    tuned_at_3000 = index.params["efSearch"]
+    for start, stop in [(3000, 4000), (4000, 5200), (5200, 6800), (6800, 8800), (8800, 11000)]:
+        index.add(word_records(words[start:stop]))
+    assert index.manifest["tuning"]["count"] == 3000 and index.manifest["tuning"]["probe"]["count"] == 11_000
+    assert index.params["efSearch"] >= tuned_at_3000
+    assert unseen_recall(index, unseen) >= 0.95 - 0.01  # 500 words: about +-0.01
     index.close()
 
 
