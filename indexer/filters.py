@@ -285,7 +285,8 @@ class _Parser:
             else:
                 element_conditions.append(f"(e.type IN ({types}) AND e.value IN ({marks}))")
         params += [v for types, group in groups if types not in ("'true'", "'false'") for v in group]
-        terms.append(f"({value} >= '[' AND {value} < '\\' AND json_type(metadata, '{path}') = 'array' "
+        # the type first: a scan (no index) reads one JSON function per item for this term
+        terms.append(f"(json_type(metadata, '{path}') = 'array' AND {value} >= '[' AND {value} < '\\' "
                      f"AND EXISTS (SELECT 1 FROM json_each(metadata, '{path}') AS e "
                      f"WHERE {' OR '.join(element_conditions)}))")
         self.params += params

@@ -113,8 +113,8 @@ def test_equality_does_not_confuse_booleans_with_numbers(flags):
 def test_parse_equality_shape():
     sql, params = parse_where("lang = en")
     lang = "json_extract(metadata, '$.\"lang\"')"
-    assert sql == (f"(({lang} IN (?) AND json_type(metadata, '$.\"lang\"') IN ('text')) OR ({lang} >= '[' AND "
-                   f"{lang} < '\\' AND json_type(metadata, '$.\"lang\"') = 'array' AND EXISTS (SELECT 1 FROM "
+    assert sql == (f"(({lang} IN (?) AND json_type(metadata, '$.\"lang\"') IN ('text')) OR (json_type(metadata, "
+                   f"'$.\"lang\"') = 'array' AND {lang} >= '[' AND {lang} < '\\' AND EXISTS (SELECT 1 FROM "
                    "json_each(metadata, '$.\"lang\"') AS e WHERE (e.type IN ('text') AND e.value IN (?)))))")
     assert params == ["en", "en"]  # the value bound, once for a scalar and once for a list's elements
     assert parse_where("lang=en") == parse_where("lang == en") == (sql, params)
