@@ -137,11 +137,7 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="latent-filters-"))
     directory = workdir / f"filters-{args.n}-{args.dim}"
-    if directory.exists():
-        with Index.open(directory) as index:
-            if index.count() != args.n:
-                shutil.rmtree(directory)
-    if not directory.exists():
+    if not D.cached_index(directory, args.n):
         build(directory, args.n, args.dim)
     kinds = ("indexed equality", "indexed range", "unindexed equality", "unindexed range")
     points = []

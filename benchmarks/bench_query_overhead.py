@@ -67,11 +67,7 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="latent-overhead-"))
     directory = workdir / f"overhead-{args.n}-{args.dim}"
-    if directory.exists():
-        with Index.open(directory) as index:
-            if index.count() != args.n:
-                shutil.rmtree(directory)
-    if not directory.exists():
+    if not D.cached_index(directory, args.n):
         started = time.perf_counter()
         with Index.create(directory, encoder=f"vectors:{args.dim}", index_type="HNSW32") as index:
             index.add_vectors([f"v{i}" for i in range(args.n)], unit_rows(args.n, args.dim, 0),
