@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -188,3 +189,16 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cached_index(directory: Path, count: int) -> bool:
+    """Whether `directory` holds an index of `count` items to reuse; one of another size is removed."""
+    if not directory.exists():
+        return False
+    from latent.indexer import Index
+
+    with Index.open(directory) as index:
+        if index.count() == count:
+            return True
+    shutil.rmtree(directory)
+    return False

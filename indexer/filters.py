@@ -14,9 +14,15 @@ Text values may not contain NUL characters (SQLite's JSON functions stop at them
 Matching is type-strict: 1 matches 1 and 1.0, never "1" or true. `=` and `in` also match
 inside list values; `!=` and `not in` match items that lack the field; `<`-style comparisons
 need the field to hold a value of the same type (number with number, text with text,
-compared by code point) and are false otherwise, also under `not`. Every value and field
-name reaches SQLite as a bound parameter, never as SQL text. `field_value` reads a field of
-one item's metadata in Python by the same rule and walk (the map colours points by it).
+compared by code point) and are false otherwise, also under `not`. Every value reaches
+SQLite as a bound parameter, never as SQL text. A field name, which the rule above limits to
+letters, digits, `_` and dots, is written into the SQL as its JSON path (`'$."a"."b"'`), so that
+SQLite can use an expression index on `json_extract(metadata, '$."a"."b"')` (made by
+`latent index-field`, see `index_expression`): a condition that is not under a `not` reads
+the field with `json_extract` (=, in and comparisons, with the type checks beside it), which
+such an index answers; under `not`, where a missing field must read as false first, the
+conditions keep the forms that scan. `field_value` reads a field of one item's metadata in
+Python by the same rule and walk (the map colours points by it).
 """
 
 from __future__ import annotations
@@ -112,7 +118,25 @@ def _path(field: str, text: str, pos: int) -> str:
     problem = _name_problem(field)
     if problem:
         raise FilterError(f"bad filter {text!r}: bad field name {field!r} at position {pos + 1}{problem}")
-    return "$" + "".join('."' + p.replace('"', '""') + '"' for p in field.split("."))
+    return _json_path(field)
+
+
+def _json_path(field: str) -> str:
+    return "$" + "".join('."' + p + '"' for p in field.split("."))
+
+
+def _extract(path: str) -> str:
+    """SQL reading the value at `path` (a path of a checked field name: no quote can end the literal)."""
+    return f"json_extract(metadata, '{path}')"
+
+
+def index_expression(field: str) -> str:
+    """The SQL expression an index on `field` holds: exactly what the filters compare, so that
+    SQLite's planner uses the index. FilterError when `field` breaks the field-name rule."""
+    problem = _name_problem(field)
+    if problem:
+        raise FilterError(f"bad field name {field!r}{problem}")
+    return _extract(_json_path(field))
 
 
 class _Parser:
@@ -124,6 +148,7 @@ class _Parser:
         self.depth = 0
         self.conditions = 0
         self.fields: dict[str, str] = {}  # field name -> its JSON path, in order of appearance
+        self.negated = False  # under an odd number of `not`s: a NULL would turn true
 
     def nest(self, tok: _Tok) -> None:
         self.depth += 1
@@ -176,7 +201,9 @@ class _Parser:
         if self.is_kw("not"):
             self.take()
             self.nest(tok)
+            self.negated = not self.negated
             inner = self.factor()
+            self.negated = not self.negated
             self.depth -= 1
             return f"NOT {inner}"
         if tok.kind == "punct" and tok.value == "(":
@@ -220,26 +247,50 @@ class _Parser:
             raise FilterError(f"bad filter {self.text!r}: true/false can only be compared with = or != "
                               f"(position {op.pos + 1})")
         json_types = "('integer','real')" if isinstance(value, (int, float)) else "('text')"
-        self.params += [path, path, value]
+        self.params.append(value)
+        if not self.negated:  # NULL (a missing field) reads as false here: the form an index answers
+            return f"({_extract(path)} {op.value} ? AND json_type(metadata, '{path}') IN {json_types})"
         # COALESCE: a missing field gives NULL, which must read as false, also under NOT
-        return (f"COALESCE(json_type(metadata, ?) IN {json_types} AND json_extract(metadata, ?) {op.value} ?, 0)")
+        return (f"COALESCE(json_type(metadata, '{path}') IN {json_types} AND {_extract(path)} {op.value} ?, 0)")
 
     def membership(self, path: str, values: list, negate: bool) -> str:
         """The field's value (or an element of its list value) equals one of `values`, type-strictly."""
+        groups = _groups(values)
+        if not negate and not self.negated:
+            return self.indexed_membership(path, groups)
         conditions, params = [], []
-        for flag in (True, False):
-            if any(v is flag for v in values):
-                conditions.append(f"e.type = '{'true' if flag else 'false'}'")
-        numbers = [v for v in values if type(v) in (int, float)]
-        texts = [v for v in values if isinstance(v, str)]
-        for types, group in (("('integer','real')", numbers), ("('text')", texts)):
-            if group:
-                conditions.append(f"(e.type IN {types} AND e.value IN ({', '.join('?' for _ in group)}))")
+        for types, group in groups:
+            if types in ("'true'", "'false'"):
+                conditions.append(f"e.type = {types}")
+            else:
+                conditions.append(f"(e.type IN ({types}) AND e.value IN ({', '.join('?' for _ in group)}))")
                 params += group
-        self.params += [path, path] + params
-        sql = (f"EXISTS (SELECT 1 FROM json_each(metadata, ?) AS e WHERE json_type(metadata, ?) != 'object' "
-               f"AND ({' OR '.join(conditions)}))")
+        self.params += params
+        sql = (f"EXISTS (SELECT 1 FROM json_each(metadata, '{path}') AS e WHERE json_type(metadata, '{path}') "
+               f"!= 'object' AND ({' OR '.join(conditions)}))")
         return f"NOT {sql}" if negate else sql
+
+    def indexed_membership(self, path: str, groups: list[tuple[str, list]]) -> str:
+        """membership, not negated, as terms that each read `json_extract` of the field (which an
+        expression index answers) beside a type check: one per type of value for a scalar value,
+        and one for a list value (json_extract gives its JSON text, which begins with '[')."""
+        value = _extract(path)
+        terms, element_conditions, params = [], [], []
+        for types, group in groups:
+            marks = ", ".join("?" for _ in group)
+            terms.append(f"({value} IN ({marks}) AND json_type(metadata, '{path}') IN ({types}))")
+            params += group
+            if types in ("'true'", "'false'"):
+                element_conditions.append(f"e.type = {types}")
+            else:
+                element_conditions.append(f"(e.type IN ({types}) AND e.value IN ({marks}))")
+        params += [v for types, group in groups if types not in ("'true'", "'false'") for v in group]
+        # the type first: a scan (no index) reads one JSON function per item for this term
+        terms.append(f"(json_type(metadata, '{path}') = 'array' AND {value} >= '[' AND {value} < '\\' "
+                     f"AND EXISTS (SELECT 1 FROM json_each(metadata, '{path}') AS e "
+                     f"WHERE {' OR '.join(element_conditions)}))")
+        self.params += params
+        return "(" + " OR ".join(terms) + ")"
 
     def value(self):
         tok = self.peek()
@@ -270,6 +321,19 @@ class _Parser:
             raise self.fail("',' or ')'")
         self.take()
         return values
+
+
+def _groups(values: list) -> list[tuple[str, list]]:
+    """`values` by the JSON types that match them: (SQL list of type names, values), where the
+    booleans' values are 1 and 0 (what json_extract gives for true and false)."""
+    groups = []
+    for flag in (True, False):
+        if any(v is flag for v in values):
+            groups.append(("'true'" if flag else "'false'", [int(flag)]))
+    numbers = [v for v in values if type(v) in (int, float)]
+    texts = [v for v in values if isinstance(v, str)]
+    groups += [(types, group) for types, group in (("'integer','real'", numbers), ("'text'", texts)) if group]
+    return groups
 
 
 def _matchable(text: str) -> bool:

@@ -268,13 +268,18 @@ class Index:
         return vectors
 
     # -- reading the store (the search side reads through these, never the store itself) -----
-    def snapshot(self, *, vectors: bool = False) -> "_Snapshot":
+    def snapshot(self, *, vectors: bool = False, lazy: bool = False) -> "_Snapshot":
         """A context in which every read of this thread sees one committed generation of the
         store, and `vectors` is the vector index at that generation (loaded first with
         `vectors=True`; otherwise only if it is loaded already): no write, of any thread,
         changes either until it ends. A snapshot inside a snapshot of the same thread is the
-        same one; a thread cannot write inside its own snapshot."""
-        return _Snapshot(self, vectors)
+        same one; a thread cannot write inside its own snapshot.
+
+        `lazy` (the query path): when the store is known unchanged since the loaded vector index's
+        generation without a statement (Store.unchanged_since), the snapshot runs no statement
+        until it needs one, and its first raises store.SnapshotMoved if a write came between:
+        the caller then starts again with a plain snapshot."""
+        return _Snapshot(self, vectors, lazy)
 
     def _write_in_snapshot(self) -> LatentError:
         return LatentError(f"cannot write to {self.directory} inside a snapshot of it in the same thread: the "
@@ -555,6 +560,19 @@ class Index:
         self.store.require_writable("clearing skips")
         with self._writer():
             return self.store.clear_skipped(source)
+
+    def index_field(self, field: str, *, drop: bool = False) -> bool:
+        """Make (or with `drop`, remove) an SQLite expression index on metadata field `field`, so
+        that filters on it (=, in, <-style comparisons not under `not`) read the index instead of
+        scanning every item; True when something changed. An index costs space and time on each
+        write: make one for the fields that filters use often and that single out few items."""
+        self.store.require_writable("indexing a field")
+        with self._writer():
+            return self.store.drop_field_index(field) if drop else self.store.index_field(field)
+
+    def indexed_fields(self) -> list[str]:
+        """The metadata fields with an index (see index_field)."""
+        return self.store.indexed_fields()
 
     def relink_encoder(self, name: str) -> None:
         """Record the index's encoder under a new name (a model file that moved): refused unless
@@ -1144,10 +1162,10 @@ class _Snapshot:
     """Index.snapshot's context: the vector index shared (see ReadWriteLock) and a read
     transaction of the store at its generation. A class: it is on the path of every search."""
 
-    __slots__ = ("index", "vectors", "read")
+    __slots__ = ("index", "vectors", "lazy", "read")
 
-    def __init__(self, index: Index, vectors: bool):
-        self.index, self.vectors = index, vectors
+    def __init__(self, index: Index, vectors: bool, lazy: bool = False):
+        self.index, self.vectors, self.lazy = index, vectors, lazy
         self.read = None
 
     def __enter__(self) -> None:
@@ -1160,6 +1178,12 @@ class _Snapshot:
         while True:
             guard.acquire_shared()
             try:
+                vindex = index._vectors
+                if self.lazy and vindex is not None and index.store.unchanged_since(vindex.generation):
+                    read = index.store.lazy_snapshot(vindex.generation)
+                    read.__enter__()
+                    self.read = read
+                    return
                 read = index.store.snapshot()
                 store = read.__enter__()
             except BaseException:
@@ -1167,7 +1191,7 @@ class _Snapshot:
                 raise
             try:
                 vindex = index._vectors
-                current = not self.vectors if vindex is None else vindex.generation == store.generation()
+                current = not self.vectors if vindex is None else vindex.generation == store.snapshot_generation()
             except BaseException:
                 self._end(read, None)
                 raise

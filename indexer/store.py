@@ -1,13 +1,15 @@
 """The store: SQLite (WAL) holding items, metadata and vectors, the source of truth.
 
 All SQL of latent lives here. Each write is one transaction that bumps the store's
-generation; vectors are float32 blobs; deletions are logged with their generation
+generation; vectors are float32 blobs in their own table (`vectors`, keyed by the item's id),
+so that a filter scanning `items` never reads vector bytes; deletions are logged with their generation
 so a vector index at an older generation can catch up. Each thread using a Store has
 its own connection, so the transactions of threads sharing it never mix.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -25,6 +27,7 @@ import sqlite_utils
 
 from . import failpoints
 from .errors import FilterError, IndexCorrupt, IndexExists, KeywordQueryError, ReadOnlyIndex, StorageError
+from .filters import index_expression
 
 DB_NAME = "latent.db"
 FORMAT_VERSION = 1
@@ -72,6 +75,16 @@ def _m003_skips_once(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS skipped_once ON skipped(source, coalesce(line, -1), reason)")
 
 
+def _m004_vectors_table(db: sqlite_utils.Database) -> None:
+    """Vectors out of the metadata rows: a filter scans `items`, which held each item's vector
+    blob (a 384-d one is 1.5 KB: a page held two rows, so a scan of 1M rows read 1.5 GB).
+    One transaction (see Store.migrate): an interrupted migration leaves the old layout."""
+    db.execute("CREATE TABLE vectors (id INTEGER PRIMARY KEY, vector BLOB NOT NULL)")
+    db.execute("INSERT INTO vectors(id, vector) SELECT id, vector FROM items")
+    db.execute("ALTER TABLE items DROP COLUMN vector")
+
+
+
 # The keyword index (SQLite FTS5, ranked by BM25) over the texts of items, words excepted: an
 # external-content table (it stores the tokens, not a second copy of the texts) kept in step with
 # `items` by triggers, so every write (a batch, a replacement, a deletion, a repair) updates it in
@@ -107,10 +120,11 @@ def _m005_keyword_index(db: sqlite_utils.Database) -> None:
 
 
 # Schema migrations, applied in order; PRAGMA user_version counts those applied.
-# (_m005: the number it has once m004, vectors out of the items table, lands before it.)
-MIGRATIONS = [_m001_initial, _m002_content_hash_index, _m003_skips_once, _m005_keyword_index]
+MIGRATIONS = [_m001_initial, _m002_content_hash_index, _m003_skips_once, _m004_vectors_table, _m005_keyword_index]
+VECTORS_TABLE_VERSION = 4  # the schema version from which vectors have their own table
 
 
+FIELD_INDEX_PREFIX = "field:"  # SQLite's name of the expression index on a metadata field: "field:year"
 BUSY_TIMEOUT_MS = 30_000
 # The -wal file is cut back to this size when it restarts: a reader holding a snapshot during a
 # long add lets it grow (every commit appends until the reader moves on), and SQLite keeps the
@@ -152,10 +166,15 @@ def _open_uri(uri: str) -> sqlite_utils.Database:
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError:
         conn.close()
         raise
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if 0 < version < VECTORS_TABLE_VERSION:
+        # an index of the older layout (vectors inside `items`), which this reader may not migrate:
+        # a view in the connection's own temporary schema gives every query its `vectors` table
+        conn.execute("CREATE TEMP VIEW vectors AS SELECT id, vector FROM main.items")
     return sqlite_utils.Database(conn)
 
 
@@ -178,15 +197,113 @@ def _json_ids(ids: Sequence[int]) -> str:
     return json.dumps([int(i) for i in ids])
 
 
+class SnapshotMoved(Exception):
+    """A lazy snapshot (Store.lazy_snapshot) found, at its first statement, that a write had
+    committed since its generation was vouched for: the caller starts again with a snapshot that
+    reads the generation first. Internal: search_vectors retries on it; it never reaches users."""
+
+
 class _Connection:
     """One thread's connection to a store: closed when that thread ends, or with the store."""
 
-    __slots__ = ("db", "conn", "close", "__weakref__")
+    __slots__ = ("db", "conn", "close", "pending", "__weakref__")
 
     def __init__(self, db: sqlite_utils.Database):
         self.db = db
         self.conn = db.conn  # the hot read path calls sqlite3 directly (sqlite-utils' execute parses each SQL)
         self.close = weakref.finalize(self, db.conn.close)
+        self.pending: int | None = None  # a lazy snapshot's generation, until its first statement
+
+
+class _Commits:
+    """SQLite's own record of commits, read without a statement: the wal-index header, the first
+    48 bytes of the -shm file (kept twice, as bytes 0-47 and 48-95), which every commit of every
+    connection rewrites (its change counter, frame count and checksums) before the commit can be
+    read, and which SQLite itself compares to learn whether its cached snapshot is still current.
+    A look is a 96-byte copy from a read-only mapping (about 0.3 us, against 2-3 us for the
+    statements of a read transaction).
+
+    The mapping is made from the file descriptor SQLite itself holds (found in /proc/self/fd),
+    with libc's mmap: opening and closing a descriptor of our own (Python's mmap closes the
+    duplicate it makes) would drop every POSIX lock this process holds on the file, SQLite's
+    included, after which another process could truncate it under the mapping. The store keeps
+    a connection of its own open while mapped, whose lock on the file keeps SQLite from
+    truncating or deleting it. Where any of this is missing (no -shm file, as for an
+    `immutable` reader; no /proc) a look says "unknown", and snapshots read the generation."""
+
+    __slots__ = ("address", "keeper", "failed", "lock")
+    PAGE = 4096
+
+    def __init__(self):
+        self.address: int | None = None
+        self.keeper: sqlite3.Connection | None = None
+        self.failed = False
+        self.lock = threading.Lock()
+
+    def open(self, path: Path, connect) -> None:
+        try:
+            keeper = connect(path).conn
+        except (sqlite3.Error, OSError):
+            self.failed = True
+            return
+        try:
+            keeper.execute("SELECT count(*) FROM manifest").fetchone()  # opens (and keeps open) the wal-index
+            address = _map_read_only(os.path.realpath(path.with_name(path.name + "-shm")), self.PAGE)
+        except (sqlite3.Error, OSError):
+            address = None
+        if address is None:
+            keeper.close()
+            self.failed = True
+            return
+        self.address, self.keeper = address, keeper
+
+    def mark(self) -> bytes | None:
+        """The header now, or None when it cannot be read or a writer is midway through rewriting it."""
+        if self.address is None:
+            return None
+        with self.lock:  # never a read of an unmapped page (close, in another thread)
+            if self.address is None:
+                return None
+            both = ctypes.string_at(self.address, 96)
+        return both[:48] if both[:48] == both[48:] else None
+
+    def close(self) -> None:
+        with self.lock:
+            if self.address is not None:
+                _libc().munmap(self.address, self.PAGE)
+                self.address = None
+        if self.keeper is not None:
+            self.keeper.close()
+            self.keeper = None
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
+
+
+def _map_read_only(target: str, size: int) -> int | None:
+    """A read-only shared mapping of the file `target` through a descriptor this process already
+    holds open (SQLite's), or None when there is none or mapping fails (see _Commits)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir() or not hasattr(os, "fstat"):
+        return None
+    for name in os.listdir(fds):
+        try:
+            if os.readlink(fds / name) != target:
+                continue
+            fd = int(name)
+            if os.fstat(fd).st_size < size:
+                continue
+        except OSError:
+            continue
+        address = _libc().mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+        return None if address in (None, ctypes.c_void_p(-1).value) else address
+    return None
 
 
 class _Cache:
@@ -199,6 +316,28 @@ class _Cache:
         self.rows: dict[int, tuple] = {}
         self.bytes = 0
         self.filters: dict[tuple, np.ndarray] = {}  # (filter SQL, params) -> ids
+
+
+class _LazyRead:
+    """Store.lazy_snapshot's context: no statement on entry; the read transaction begins at this
+    thread's first statement inside it (see Store.conn), which checks the generation then."""
+
+    __slots__ = ("store", "connection", "generation")
+
+    def __init__(self, store: "Store", generation: int):
+        self.store, self.generation = store, generation
+
+    def __enter__(self) -> "Store":
+        self.connection = self.store._connection()
+        self.connection.pending = self.generation
+        return self.store
+
+    def __exit__(self, *exc) -> None:
+        connection = self.connection
+        if connection.pending is not None:  # no statement ran: nothing to end
+            connection.pending = None
+        elif connection.conn.in_transaction:
+            connection.conn.execute("COMMIT")
 
 
 class _ReadTransaction:
@@ -233,6 +372,8 @@ class Store:
         self._closed = False
         self._cache = _Cache(-1)  # replaced, never emptied in place, when the generation moves
         self._cache_lock = threading.Lock()
+        self._commits = _Commits()  # opened on the first snapshot
+        self._quiet: tuple[bytes, int] | None = None  # (wal-index header, the generation read after it)
         self._adopt(db)
 
     # -- connections -----------------------------------------------------------------------
@@ -256,12 +397,26 @@ class Store:
     @property
     def db(self) -> sqlite_utils.Database:
         """This thread's connection, as sqlite-utils' Database."""
-        return self._connection().db
+        connection = self._connection()
+        if connection.pending is not None:
+            self._begin_pending(connection)
+        return connection.db
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """This thread's connection."""
-        return self._connection().conn
+        """This thread's connection (inside a lazy snapshot, its read transaction begun)."""
+        connection = self._connection()
+        if connection.pending is not None:
+            self._begin_pending(connection)
+        return connection.conn
+
+    def _begin_pending(self, connection: _Connection) -> None:
+        """The first statement of a lazy snapshot: begin its read transaction and check that it
+        reads the generation the snapshot was entered at (SnapshotMoved if a write came between)."""
+        expected, connection.pending = connection.pending, None
+        connection.conn.execute("BEGIN")
+        if self._read_generation(connection.conn) != expected:
+            raise SnapshotMoved(expected)
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -325,20 +480,21 @@ class Store:
         return store
 
     def migrate(self) -> None:
-        """Apply the migrations not applied yet, each in its own write transaction. The version is
-        read again inside it: of two processes opening an old index at once, one migrates."""
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self._write_transaction():
-                if self.db.execute("PRAGMA user_version").fetchone()[0] < number:
-                    migration(self.db)
-                    self.db.execute(f"PRAGMA user_version = {number}")
+        """Apply the migrations this store lacks, each in one transaction with its version number:
+        one killed midway leaves the schema as it was, and is done again by the next open. Each
+        takes the write lock first (BEGIN IMMEDIATE) and reads the version again, so that two
+        processes opening an older index at once migrate it once."""
+        while True:
+            with self._migration_step():
+                version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+                if version >= len(MIGRATIONS):
+                    return
+                MIGRATIONS[version](self.db)
+                self.conn.execute(f"PRAGMA user_version = {version + 1}")
 
     @contextmanager
-    def _write_transaction(self) -> Iterator[None]:
-        """A transaction that holds the write lock from its start (BEGIN IMMEDIATE), or a savepoint
-        inside the caller's transaction."""
-        if self.conn.in_transaction:
+    def _migration_step(self) -> Iterator[None]:
+        if self.conn.in_transaction:  # a create: its transaction holds the schema and the manifest
             with self.db.atomic():
                 yield
             return
@@ -356,6 +512,8 @@ class Store:
         with self._cache_lock:
             self._closed = True
             connections = list(self._connections)
+            self._commits.close()
+            self._quiet = None
         for connection in connections:
             connection.close()
 
@@ -365,6 +523,7 @@ class Store:
         and raises StorageError saying so; after the commit, the `commit` failpoint."""
         self.require_writable(what)
         self._forget_rows()
+        outer, self._local.writing = getattr(self._local, "writing", False), True
         try:
             with self.db.atomic():
                 yield
@@ -374,6 +533,7 @@ class Store:
             raise StorageError(f"could not write {self.path} ({e}); {what} was rolled back, "
                                "nothing of it is stored") from e
         finally:
+            self._local.writing = outer
             self._forget_rows()  # and again: a search in another thread may have read rows meanwhile
         failpoints.hit("commit")
 
@@ -400,6 +560,38 @@ class Store:
         """A read transaction of this thread: every query inside sees one generation of the store."""
         return _ReadTransaction(self)
 
+    def lazy_snapshot(self, generation: int) -> "_LazyRead":
+        """A read transaction at `generation` that runs no statement until one is needed (a search
+        answered from memory runs none); its first statement raises SnapshotMoved if the store
+        has moved on. Only for a generation that `unchanged_since` vouched for."""
+        return _LazyRead(self, generation)
+
+    def unchanged_since(self, generation: int) -> bool:
+        """True when the store is still at `generation`, known without a statement: the
+        wal-index header (see _Commits) is the one `snapshot_generation` saw before it read
+        `generation`, so nothing committed since. False when that cannot be told."""
+        quiet = self._quiet
+        return quiet is not None and quiet[1] == generation and quiet[0] == self._commits.mark()
+
+    def snapshot_generation(self) -> int:
+        """The generation, read inside a snapshot, remembered with the wal-index header seen
+        before the read (see unchanged_since)."""
+        commits = self._commits
+        if commits.address is None and not commits.failed and not self._closed:
+            with self._cache_lock:
+                if commits.address is None and not commits.failed and not self._closed:
+                    commits.open(self.path, _connect_read_only if self.read_only else _connect)
+        mark = commits.mark()
+        generation = self._read_generation(self.conn)
+        if mark is not None and not getattr(self._local, "writing", False):  # (a write's own, uncommitted one: never)
+            self._quiet = (mark, generation)
+        return generation
+
+    @staticmethod
+    def _read_generation(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM manifest WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0  # stored as JSON: an integer's JSON is its digits
+
     # -- manifest ----------------------------------------------------------------------------
     def _set(self, key: str, value) -> None:
         self.db.execute(
@@ -417,8 +609,7 @@ class Store:
                 self._set(key, value)
 
     def generation(self) -> int:
-        row = self.conn.execute("SELECT value FROM manifest WHERE key = 'generation'").fetchone()
-        return int(row[0]) if row else 0  # stored as JSON: an integer's JSON is its digits
+        return self._read_generation(self.conn)
 
     def _bump_generation(self) -> int:
         generation = self.generation() + 1
@@ -441,13 +632,17 @@ class Store:
                 self.db.conn.executemany("UPDATE items SET metadata = ? WHERE id = ?",
                                          [(meta, int(i)) for i, meta in metadata_updates])
             self.db.conn.executemany(
-                "INSERT INTO items(key, kind, text, path, content_hash, metadata, vector, generation) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r["key"], r["kind"], r.get("text"), r.get("path"), r["content_hash"], r["metadata"],
-                  np.asarray(r["vector"], dtype=np.float32).tobytes(), generation) for r in rows],
+                "INSERT INTO items(key, kind, text, path, content_hash, metadata, generation) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r["key"], r["kind"], r.get("text"), r.get("path"), r["content_hash"], r["metadata"], generation)
+                 for r in rows],
             )
             by_key = dict(self.db.execute("SELECT key, id FROM items WHERE generation = ?", [generation]).fetchall())
-        return generation, np.array([by_key[r["key"]] for r in rows], dtype=np.int64)
+            ids = np.array([by_key[r["key"]] for r in rows], dtype=np.int64)
+            self.db.conn.executemany("INSERT INTO vectors(id, vector) VALUES (?, ?)",
+                                     [(int(i), np.asarray(r["vector"], dtype=np.float32).tobytes())
+                                      for i, r in zip(ids, rows)])
+        return generation, ids
 
     def _delete_ids(self, ids: Sequence[int], generation: int) -> None:
         for start in range(0, len(ids), _CHUNK):
@@ -458,6 +653,7 @@ class Store:
                 [generation, chunk],
             )
             self.db.execute("DELETE FROM items WHERE id IN (SELECT value FROM json_each(?))", [chunk])
+            self.db.execute("DELETE FROM vectors WHERE id IN (SELECT value FROM json_each(?))", [chunk])
 
     def delete_keys(self, keys: Sequence[str]) -> tuple[int, np.ndarray, list[str]]:
         """Delete items by key in one transaction. Returns (generation, deleted ids, keys not found)."""
@@ -576,30 +772,32 @@ class Store:
         found: dict[int, bytes] = {}
         for start in range(0, len(ids), _CHUNK):
             found.update(self.db.execute(
-                "SELECT id, vector FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                "SELECT id, vector FROM vectors WHERE id IN (SELECT value FROM json_each(?))",
                 [_json_ids(ids[start:start + _CHUNK])],
             ).fetchall())
-        return _to_matrix([found[int(i)] for i in ids], dim)
+        return _to_matrix([found.get(int(i), b"") for i in ids], dim)
 
     def vector_of_key(self, key: str, dim: int) -> np.ndarray | None:
-        row = self.db.execute("SELECT vector FROM items WHERE key = ?", [key]).fetchone()
-        return None if row is None else _to_matrix([row[0]], dim)[0]
+        row = self.db.execute("SELECT i.id, v.vector FROM items AS i LEFT JOIN vectors AS v ON v.id = i.id "
+                              "WHERE i.key = ?", [key]).fetchone()
+        return None if row is None else _to_matrix([row[1] or b""], dim)[0]
 
     def iter_vectors(self, dim: int, *, since_generation: int = 0, block: int = 50_000,
                      skip_damaged: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) blocks, in id order, of the items written after `since_generation`
         (without the vectors of a wrong length, with `skip_damaged`)."""
         last = -1
-        length, extra = ("AND length(vector) = ?", [4 * dim]) if skip_damaged else ("", [])
+        length, extra = ("AND length(v.vector) = ?", [4 * dim]) if skip_damaged else ("", [])
         while True:
             rows = self.db.execute(
-                f"SELECT id, vector FROM items WHERE generation > ? AND id > ? {length} ORDER BY id LIMIT ?",
+                "SELECT i.id, v.vector FROM items AS i LEFT JOIN vectors AS v ON v.id = i.id "
+                f"WHERE i.generation > ? AND i.id > ? {length} ORDER BY i.id LIMIT ?",
                 [since_generation, last, *extra, block],
             ).fetchall()
             if not rows:
                 return
             ids = np.array([r[0] for r in rows], dtype=np.int64)
-            yield ids, _to_matrix([r[1] for r in rows], dim)
+            yield ids, _to_matrix([r[1] or b"" for r in rows], dim)
             last = int(ids[-1])
 
     def deleted_since(self, generation: int) -> np.ndarray:
@@ -682,6 +880,34 @@ class Store:
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         return ids, np.array([r[1] for r in rows], dtype=np.float64)
 
+    def index_field(self, field: str) -> bool:
+        """An expression index on metadata field `field` (see filters.index_expression), made
+        in one transaction; False when it exists already."""
+        expression = index_expression(field)
+        with self.transaction(f"indexing the field {field}"):
+            if field in self.indexed_fields():
+                return False
+            self.conn.execute(f'CREATE INDEX "{FIELD_INDEX_PREFIX}{field}" ON items({expression})')
+            return True
+
+    def drop_field_index(self, field: str) -> bool:
+        """Drop the expression index on `field`; False when there is none."""
+        with self.transaction(f"dropping the index of the field {field}"):
+            if field not in self.indexed_fields():
+                return False
+            self.conn.execute(f'DROP INDEX "{FIELD_INDEX_PREFIX}{field}"')
+            return True
+
+    def indexed_fields(self) -> list[str]:
+        """The metadata fields with an expression index, by name."""
+        return [name[len(FIELD_INDEX_PREFIX):] for (name,) in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'items' AND substr(name, 1, ?) = ? "
+            "ORDER BY name", [len(FIELD_INDEX_PREFIX), FIELD_INDEX_PREFIX])]
+
+    def query_plan(self, sql: str, params: Sequence) -> list[str]:
+        """SQLite's plan (EXPLAIN QUERY PLAN) of a filter's scan: which index, if any, it uses."""
+        return [r[-1] for r in self.conn.execute(f"EXPLAIN QUERY PLAN SELECT id FROM items WHERE {sql}", list(params))]
+
     def fields_absent(self, paths: dict[str, str]) -> list[str]:
         """Those of the named JSON paths ({name: path}) that no item's metadata has."""
         return [name for name, path in paths.items() if self.conn.execute(
@@ -712,11 +938,11 @@ class Store:
 
     def damaged_rows(self, dim: int) -> dict[str, list[tuple[int, str, str | None]]]:
         """Rows the engine cannot use, by problem, as (id, key, text) in id order:
-        "vector" (a blob of the wrong length, or non-finite or zero values), "unreadable" (the
+        "vector" (a blob of the wrong length or none, or non-finite or zero values), "unreadable" (the
         wrong-length blobs among those, which cannot even be read as vectors), "metadata" (not
         a JSON object) and "generation" (newer than the store's)."""
         queries = {
-            "unreadable": ("length(vector) != ?", [4 * dim]),
+            "unreadable": ("id NOT IN (SELECT id FROM vectors WHERE length(vector) = ?)", [4 * dim]),
             "metadata": ("NOT json_valid(metadata) OR json_type(metadata) != 'object'", []),
             "generation": ("generation > ?", [self.generation()]),
         }
@@ -748,8 +974,8 @@ class Store:
     def set_vectors(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Replace the stored vectors of `ids` (a repair: the generation stays)."""
         with self.transaction("the vector repair"):
-            self.db.conn.executemany("UPDATE items SET vector = ? WHERE id = ?",
-                                     [(np.asarray(v, np.float32).tobytes(), int(i)) for i, v in zip(ids, vectors)])
+            self.db.conn.executemany("INSERT OR REPLACE INTO vectors(id, vector) VALUES (?, ?)",
+                                     [(int(i), np.asarray(v, np.float32).tobytes()) for i, v in zip(ids, vectors)])
 
     def integrity_check(self) -> list[str]:
         """SQLite's own integrity check; ['ok'] when healthy."""

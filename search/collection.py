@@ -18,7 +18,7 @@ from .query import Hit
 
 class Collection(Index):
     """A latent index: `add`, `add_vectors`, `delete`, `info`, `check`, `tune`, `rebuild` (from
-    Index) and `search`, `similar`, `search_vectors`, `interpolate`, `analogy`."""
+    Index) and `search`, `similar`, `search_vectors`, `search_batch`, `interpolate`, `analogy`."""
 
     def search(self, query: str | np.ndarray | None = None, *, k: int = 10, where: str | None = None,
                expr: str | None = None, include_terms: bool = False, min_score: float | None = None,
@@ -45,6 +45,11 @@ class Collection(Index):
     def search_vectors(self, vectors: np.ndarray, *, k: int = 10, where: str | None = None) -> list[list[Hit]]:
         """Hits for each row of `vectors` (float32, (n, dim) or (dim,))."""
         return queries.search_vectors(self, vectors, k=k, where=where)
+
+    def search_batch(self, vectors: np.ndarray, *, k: int = 10, where: str | None = None) -> queries.Results:
+        """The k nearest items of each row of `vectors`, in columns: `.ids` and `.scores` arrays,
+        `.keys()`, `.metadata(q)`, and `.hits()` for Hit lists (see search.query.Results)."""
+        return queries.search_batch(self, vectors, k=k, where=where)
 
     def similar(self, *, key: str | None = None, vector: np.ndarray | None = None, image: str | Path | None = None,
                 k: int = 10, where: str | None = None, min_score: float | None = None,

@@ -16,6 +16,7 @@ from latent.indexer.encoders import normalize
 from latent.indexer.errors import InputError, LatentError
 from latent.indexer.images import load_image, read_query_image
 from latent.indexer.index import Index
+from latent.indexer.store import SnapshotMoved
 from latent.indexer.vector_index import VectorIndex, exact_topk
 
 
@@ -87,24 +88,44 @@ def _encode_picture(index: Index, picture) -> np.ndarray:
 def search_vectors(index: Index, vectors: np.ndarray, *, k: int = 10, where: str | None = None,
                    exclude_keys: tuple[str, ...] = ()) -> list[list[Hit]]:
     """Hits for each query vector (normalised here)."""
+    return _search(index, vectors, k, where, exclude_keys, _to_hits)
+
+
+def search_batch(index: Index, vectors: np.ndarray, *, k: int = 10, where: str | None = None) -> "Results":
+    """The k nearest items of each query vector, in columns (see Results): the batch path, which
+    makes no Python object per hit unless asked (Results.hits() makes the Hits)."""
+    return _search(index, vectors, k, where, (), Results)
+
+
+def _search(index: Index, vectors: np.ndarray, k: int, where: str | None, exclude_keys: tuple[str, ...], answer):
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
         raise InputError(f"k must be a whole number from 1 to {MAX_K:,}, got {k!r}")
     queries = normalize(index.check_vectors(vectors))
     if len(queries) and not queries.any(axis=1).all():
         raise InputError("the query vector is all zeros: it has no direction to search by")
-    with index.snapshot(vectors=True):  # one generation: the filter, the vector search and the rows of its hits
-        vindex = index.vectors  # the snapshot's
-        allowed = index.matching_ids(where, vindex.generation)
-        if exclude_keys:
-            found = index.lookup(list(exclude_keys))
-            excluded = {v[0] for v in found.values()}
-            if allowed is not None:
-                allowed = np.setdiff1d(allowed, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
-        else:
-            excluded = set()
-        want = k + len(excluded) if allowed is None else k
-        scores, ids = _nearest(index, vindex, queries, want, allowed)
-        return _to_hits(index, vindex.generation, scores, ids, k, excluded)
+    try:
+        with index.snapshot(vectors=True, lazy=True):  # no statement when nothing changed and memory has the rows
+            return _search_in_snapshot(index, queries, k, where, exclude_keys, answer)
+    except SnapshotMoved:  # a write committed between the check and the first statement: read the generation
+        with index.snapshot(vectors=True):
+            return _search_in_snapshot(index, queries, k, where, exclude_keys, answer)
+
+
+def _search_in_snapshot(index: Index, queries: np.ndarray, k: int, where: str | None, exclude_keys: tuple[str, ...],
+                        answer):
+    """One generation: the filter, the vector search and the rows of its hits."""
+    vindex = index.vectors  # the snapshot's
+    allowed = index.matching_ids(where, vindex.generation)
+    if exclude_keys:
+        found = index.lookup(list(exclude_keys))
+        excluded = {v[0] for v in found.values()}
+        if allowed is not None:
+            allowed = np.setdiff1d(allowed, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+    else:
+        excluded = set()
+    want = k + len(excluded) if allowed is None else k
+    scores, ids = _nearest(index, vindex, queries, want, allowed)
+    return answer(index, vindex.generation, scores, ids, k, excluded)
 
 
 def _nearest(index: Index, vindex: VectorIndex, queries: np.ndarray, k: int,
@@ -147,8 +168,11 @@ def _exact_scan(index: Index, vindex: VectorIndex, queries: np.ndarray, ids: np.
 def _to_hits(index: Index, generation: int, scores: np.ndarray, ids: np.ndarray, k: int,
              excluded: set[int]) -> list[list[Hit]]:
     """Hits for each query's (scores, ids) row; the rows of all queries' ids are read at once."""
-    wanted = np.unique(ids[ids >= 0]).tolist()
-    rows = index.rows(wanted, generation)
+    wanted = np.unique(ids[ids >= 0]).tolist() if len(ids) > 1 else [i for i in ids[0].tolist() if i >= 0]
+    return _hits_of_rows(index.rows(wanted, generation), scores, ids, k, excluded)
+
+
+def _hits_of_rows(rows: dict, scores: np.ndarray, ids: np.ndarray, k: int, excluded: set[int]) -> list[list[Hit]]:
     ids_list = ids.tolist()
     scores_list = scores.tolist()
     out = []
@@ -168,4 +192,57 @@ def _to_hits(index: Index, generation: int, scores: np.ndarray, ids: np.ndarray,
     return out
 
 
-__all__ = ["Hit", "search", "similar", "search_vectors", "encode_query", "encode_image"]
+class Results:
+    """The hits of a batch of queries in columns, all read at one generation of the index.
+
+    `ids` (int64) and `scores` (float32) are (queries, k) arrays, best first; a row with fewer
+    than k hits is padded with id -1 and score -inf. The rows of the hit items (key, kind, text,
+    path, metadata) are read in one statement per call (or come from the row cache); `keys()`,
+    `metadata(q)` and `texts()` read them when called, and `hits()` makes the same `Hit`
+    lists as search_vectors."""
+
+    __slots__ = ("ids", "scores", "_rows", "_unique", "_inverse")
+
+    def __init__(self, index: Index, generation: int, scores: np.ndarray, ids: np.ndarray, k: int, _excluded=()):
+        scores, ids = scores[:, :k], ids[:, :k]
+        flat = ids.ravel()
+        self._unique, self._inverse = np.unique(flat, return_inverse=True)
+        present = self._unique[self._unique >= 0]
+        self._rows = index.rows(present.tolist(), generation)
+        if len(self._rows) < len(present):  # (never inside one snapshot; kept exact should it happen)
+            gone = np.isin(ids, present[~np.isin(present, np.fromiter(self._rows, np.int64, len(self._rows)))])
+            ids, scores = ids.copy(), scores.copy()
+            ids[gone], scores[gone] = -1, -np.inf
+            order = np.argsort(ids < 0, axis=1, kind="stable")  # hits first, in their order
+            ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+            self._unique, self._inverse = np.unique(ids.ravel(), return_inverse=True)
+        self.ids, self.scores = ids, scores
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _column(self, field: int) -> np.ndarray:
+        rows = self._rows
+        values = np.array([None] + [rows[i][field] for i in self._unique.tolist() if i >= 0], dtype=object)
+        offset = 0 if len(self._unique) and self._unique[0] < 0 else 1  # slot 0 holds None, for -1
+        return values[self._inverse.reshape(self.ids.shape) + offset]
+
+    def keys(self) -> np.ndarray:
+        """The hits' keys, an object array shaped like `ids` (None past the last hit)."""
+        return self._column(0)
+
+    def texts(self) -> np.ndarray:
+        """The hits' texts, shaped like `ids` (None for items without text and past the last hit)."""
+        return self._column(2)
+
+    def metadata(self, query: int) -> list[dict]:
+        """The metadata of one query's hits, best first."""
+        rows = self._rows
+        return [rows[i][4] for i in self.ids[query].tolist() if i >= 0]
+
+    def hits(self) -> list[list[Hit]]:
+        """The hits as Hit lists, as search_vectors returns them."""
+        return _hits_of_rows(self._rows, self.scores, self.ids, self.ids.shape[1], set())
+
+
+__all__ = ["Hit", "Results", "search", "similar", "search_vectors", "search_batch", "encode_query", "encode_image"]

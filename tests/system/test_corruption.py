@@ -253,10 +253,11 @@ def test_damaged_rows_are_reported_and_rebuild_repairs_them(healthy, tmp_path, g
     conn = sqlite3.connect(work / "latent.db")
     keys = [k for (k,) in conn.execute("SELECT key FROM items ORDER BY id LIMIT 6")]
     with conn:
-        conn.execute("UPDATE items SET vector = substr(vector, 1, 100) WHERE key = ?", [keys[0]])
-        conn.execute("UPDATE items SET vector = zeroblob(200) WHERE key = ?", [keys[1]])
+        of_key = "WHERE id = (SELECT id FROM items WHERE key = ?)"
+        conn.execute(f"UPDATE vectors SET vector = substr(vector, 1, 100) {of_key}", [keys[0]])
+        conn.execute(f"DELETE FROM vectors {of_key}", [keys[1]])  # lost altogether
         nan = np.full(50, np.nan, np.float32).tobytes()
-        conn.execute("UPDATE items SET vector = ? WHERE key = ?", [nan, keys[2]])
+        conn.execute(f"UPDATE vectors SET vector = ? {of_key}", [nan, keys[2]])
         conn.execute("UPDATE items SET metadata = '{not json' WHERE key = ?", [keys[3]])
     conn.close()
     result = CliRunner().invoke(cli, ["check", str(work)])
@@ -282,7 +283,8 @@ def test_damaged_vector_without_text_names_the_item_to_delete(healthy, tmp_path)
     conn = sqlite3.connect(work / "latent.db")
     key = conn.execute("SELECT key FROM items ORDER BY id LIMIT 1").fetchone()[0]
     with conn:
-        conn.execute("UPDATE items SET vector = x'00', text = NULL WHERE key = ?", [key])
+        conn.execute("UPDATE vectors SET vector = x'00' WHERE id = (SELECT id FROM items WHERE key = ?)", [key])
+        conn.execute("UPDATE items SET text = NULL WHERE key = ?", [key])
     conn.close()
     with Index.open(work) as index:
         with pytest.raises(IndexCorrupt, match=f"no text to re-encode.*{key!r}.*latent delete"):
