@@ -515,7 +515,8 @@ def kmeans(vectors: np.ndarray, k: int, *, niter: int = 20, seed: int = 0,
     rows are assigned by cosine similarity, as searches rank."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     km = faiss.Kmeans(vectors.shape[1], int(k), niter=int(niter), seed=int(seed), spherical=spherical,
-                      max_points_per_centroid=max(256, -(-len(vectors) // int(k))), verbose=False)
+                      max_points_per_centroid=max(256, -(-len(vectors) // int(k))), min_points_per_centroid=1,
+                      verbose=False)
     km.train(vectors)
     flat = faiss.IndexFlatIP(vectors.shape[1])
     flat.add(km.centroids)

@@ -119,26 +119,25 @@ def find_duplicates(index: Index, *, threshold: float = DEFAULT_THRESHOLD, where
 
 def collapse_hits(index: Index, hits: list[Hit], *, threshold: float = DEFAULT_THRESHOLD,
                   k: int | None = None) -> list[Hit]:
-    """Fold each hit whose cosine similarity to a better-ranked kept hit is >= `threshold` into
-    that hit (`hit.folded` lists the keys folded into it); keep at most `k` and renumber ranks."""
+    """Fold each hit whose cosine similarity to a better-ranked kept hit, or to a hit already
+    folded into one, is >= `threshold` into that kept hit (linked as find_duplicates links
+    them); `hit.folded` lists the keys folded into it. Keep at most `k` and renumber ranks."""
     threshold = check_threshold(threshold)
     if not hits:
         return hits
     vectors = index.vectors_of([h.id for h in hits])
-    sims = vectors @ vectors.T
-    kept: list[int] = []
-    owner = {}
-    for i in range(len(hits)):  # k hits, not N items: at most k*k comparisons, already computed
-        near = [j for j in kept if sims[i, j] >= threshold]
-        if near:
-            owner[i] = near[0]
-        else:
-            kept.append(i)
+    near = (vectors @ vectors.T) >= threshold  # k hits, not N items: a small matrix
+    owner = np.arange(len(hits))
+    for i in range(1, len(hits)):
+        linked = np.flatnonzero(near[i, :i])
+        if len(linked):
+            owner[i] = owner[linked].min()  # the best-ranked kept hit it is linked to
+    kept = [i for i in range(len(hits)) if owner[i] == i]
     out = []
     for rank, i in enumerate(kept[:k] if k else kept, start=1):
         hit = hits[i]
         hit.rank = rank
-        hit.folded = [hits[j].key for j, o in owner.items() if o == i]
+        hit.folded = [hits[j].key for j in np.flatnonzero(owner == i) if j != i]
         out.append(hit)
     return out
 
