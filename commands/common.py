@@ -340,9 +340,10 @@ def echo_records(records: list[dict], columns: list[str], *, key: str = "hits", 
     meta_cols = metadata_columns(records, limit=None if fmt == "csv" else MAX_META_COLUMNS) if metadata else []
     if "text" in columns and not any(r.get("text") and r.get("text") != r.get("key") for r in records):
         columns = [c for c in columns if c != "text"]
-    columns = columns + [c for c in meta_cols if c not in columns]
+    headers = {(f"metadata.{c}" if c in columns else c): c for c in meta_cols}  # a field named like a column
+    columns = columns + list(headers)
     image_labels = chosen_fields() is None
-    rows = [{c: r.get(c) if c not in meta_cols else _column_value(r, c, image_labels) for c in columns}
+    rows = [{c: _column_value(r, headers[c], image_labels) if c in headers else r.get(c) for c in columns}
             for r in records]
     if fmt == "csv":
         out = io.StringIO()
