@@ -111,10 +111,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(measure_synthetic(Path(tmp), args.n, args.dim, args.k))
+        print(json.dumps(rows[-1]), flush=True)
         if args.glove:
             rows.append(measure_glove(Path(tmp), args.n, args.k))
-    for row in rows:
-        print(json.dumps(row))
+            print(json.dumps(rows[-1]), flush=True)
     record = {"bench": "tools", "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version(),
               "load_after": round(os.getloadavg()[0], 1), "results": rows}
     RESULTS.parent.mkdir(exist_ok=True)
