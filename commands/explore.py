@@ -100,7 +100,8 @@ def analogy(a: str, b: str, c: str, k: int, method: str, include_inputs: bool, d
                    "umap: like tsne, needs `pip install umap-learn`.")
 @click.option("--color-by", "color_by", metavar="FIELD",
               help="Metadata field to colour by (a.b for nested fields): a legend for text values "
-                   "(20 named, the rest 'other'), a colour scale for numbers.")
+                   "(20 named, the rest 'other') and for at most 20 distinct whole numbers (the clusters of "
+                   "`latent cluster`), a colour scale for other numbers.")
 @click.option("--labels", type=click.IntRange(0, 500), default=20, show_default=True,
               help="PNG: how many spread-out points to label (their text or key; images get a thumbnail).")
 @click.option("--sample", type=click.IntRange(3, 1_000_000), default=5000, show_default=True,
