@@ -14,12 +14,14 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from .indexer.encoders import Encoder, get_encoder, list_encoders, register as register_encoder
 from .indexer.errors import (DISTRIBUTION, EncoderMismatch, EncoderUnavailable, FilterError, IndexCorrupt, IndexExists,
-                             IndexNotFound, InputError, KeywordQueryError, LatentError, LockTimeout, MissingExtra,
-                             OutOfVocabulary, StorageError)
+                             IndexNotFound, InputError, KeyNotFound, KeywordQueryError, LatentError, LockTimeout,
+                             MissingExtra, OutOfVocabulary, StorageError)
 from .indexer.index import IngestReport
 from .indexer.readers import read_inputs
 from .indexer.records import Record, Skip
 from .search.collection import Collection, analogy, create, interpolate, open
+from .search.clusters import Cluster, Clustering
+from .search.dupes import DuplicateGroup
 from .search.explore import Step
 from .search.query import Hit
 
@@ -29,8 +31,9 @@ except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
-    "create", "open", "analogy", "interpolate", "Collection", "Hit", "Step", "IngestReport",
-    "Record", "Skip", "read_inputs", "Encoder", "get_encoder", "list_encoders", "register_encoder",
-    "LatentError", "IndexNotFound", "IndexExists", "EncoderMismatch", "EncoderUnavailable", "OutOfVocabulary",
-    "LockTimeout", "FilterError", "KeywordQueryError", "InputError", "IndexCorrupt", "StorageError", "MissingExtra",
+    "create", "open", "analogy", "interpolate", "Collection", "Hit", "Step", "DuplicateGroup", "Cluster",
+    "Clustering", "IngestReport", "Record", "Skip", "read_inputs", "Encoder", "get_encoder", "list_encoders", "register_encoder",
+    "LatentError", "KeyNotFound", "IndexNotFound", "IndexExists", "EncoderMismatch", "EncoderUnavailable",
+    "OutOfVocabulary", "LockTimeout", "FilterError", "KeywordQueryError", "InputError", "IndexCorrupt", "StorageError",
+    "MissingExtra",
 ]

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from latent.commands import explore, manage, misc, query, serve
+from latent.commands import explore, manage, misc, query, serve, tools
 from latent.commands.common import Group
 from latent.indexer.plugins import call_hook
 
@@ -34,7 +34,7 @@ def cli():
     """
 
 
-for module in (manage, query, explore, serve, misc):
+for module in (manage, query, tools, explore, serve, misc):
     for command in module.COMMANDS:
         cli.add_command(command)
 call_hook("register_commands", cli)

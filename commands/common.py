@@ -4,8 +4,11 @@ rendering of tables, hits and JSON documents."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -18,9 +21,11 @@ from tqdm import tqdm
 
 from latent.indexer.builtin import BUILDING, open_index as open_builtin
 from latent.indexer.errors import FilterError, LatentError
+from latent.indexer.filters import field_value
 from latent.search.query import MAX_K, Hit
 
 MAX_CELL = 60
+FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")  # as --where reads field names
 
 
 # -- -q/--quiet, --json and --debug, before or after a command's arguments ------------------------------------
@@ -206,7 +211,9 @@ def echo_json(doc) -> None:
 
 
 def cell(value, width: int = MAX_CELL) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    text = "" if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -215,7 +222,8 @@ def render_table(rows: list[dict], columns: list[str]) -> str:
     """An aligned text table; numbers right-aligned."""
     cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r.get(c), (int, float)) for r in rows) for c in columns]
+    numeric = [all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) for r in rows)
+               for c in columns]
 
     def line(values):
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
@@ -231,26 +239,141 @@ def label(metadata: dict) -> str:
     return ", ".join(f"{x['label']} {x['p']:.2f}" for x in labels[:3])
 
 
+# -- --format, --fields, --min-score: one printer for every command that prints items -----------------------
+FORMATS = ("table", "json", "jsonl", "csv")
+MAX_META_COLUMNS = 4  # metadata columns a table shows unless --fields names them
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value) -> None:
+    if value is not None:
+        ctx.meta[f"latent.{param.name}"] = value
+
+
+def _field_list(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    bad = [n for n in names if not FIELD_NAME.match(n)]
+    if bad or not names:
+        raise click.BadParameter(f"give metadata field names separated by commas (a.b for nested ones), "
+                                 f"got {value!r}", ctx, param)
+    ctx.meta["latent.fields"] = names
+
+
+def output_options(f):
+    """--format table|json|jsonl|csv and --fields a,b (read with output_format() and chosen_fields())."""
+    f = click.option("--fields", metavar="A,B", expose_value=False, callback=_field_list,
+                     help="Metadata fields to show as columns of the table or CSV (a.b for nested ones); "
+                          f"by default up to {MAX_META_COLUMNS} short fields that differ from the key.")(f)
+    return click.option("--format", "output", type=click.Choice(FORMATS), expose_value=False, callback=_remember,
+                        help="table (aligned, the default), json (one document; --json is the same), jsonl (one "
+                             "item a line) or csv (a header row, then one item a row).")(f)
+
+
+def min_score_option(f):
+    return click.option("--min-score", type=click.FloatRange(-1.0, 1.0), metavar="S",
+                        help="Leave out hits whose cosine similarity is below S.")(f)
+
+
+def output_format() -> str:
+    meta = click.get_current_context().meta
+    return meta.get("latent.output") or ("json" if flags().json else "table")
+
+
+def chosen_fields() -> list[str] | None:
+    return click.get_current_context().meta.get("latent.fields")
+
+
+def _plain(value) -> bool:
+    return isinstance(value, (str, int, float, bool))
+
+
+def metadata_columns(records: list[dict], *, limit: int | None = MAX_META_COLUMNS) -> list[str]:
+    """The metadata fields worth a column: --fields when given; else plain (not list or object)
+    top-level fields, most common first, leaving out fields that only repeat the key (an `id`
+    field that became the key). Images show what the classifier saw (`label`); GloVe words'
+    frequency rank says nothing about the neighbours (both stay in JSON)."""
+    fields = chosen_fields()
+    if fields is not None:
+        return fields
+    if records and all(r.get("kind") == "image" for r in records):
+        return ["label"]
+    counts: dict[str, int] = {}
+    repeats: dict[str, bool] = {}
+    for r in records:
+        meta = r.get("metadata") or {}
+        if not isinstance(meta, dict):
+            continue
+        for name, value in meta.items():
+            if _plain(value):
+                counts[name] = counts.get(name, 0) + 1
+                repeats[name] = repeats.get(name, True) and str(value) == r.get("key")
+    if records and all(r.get("kind") == "word" for r in records):
+        counts.pop("rank", None)
+    names = sorted((n for n in counts if not repeats[n]), key=lambda n: (-counts[n], n))
+    return names[:limit] if limit else names
+
+
+def _column_value(record: dict, name: str, image_labels: bool):
+    meta = record.get("metadata") or {}
+    if image_labels and name == "label" and isinstance(meta, dict) and meta.get("labels"):
+        return label(meta)
+    return field_value(meta, name) if isinstance(meta, dict) else None
+
+
+def echo_records(records: list[dict], columns: list[str], *, key: str = "hits", extra: dict | None = None,
+                 empty: str = "(no hits)", metadata: bool = True, rows: list[dict] | None = None) -> None:
+    """Print items (dicts as JSON gives them) in the chosen --format: json {**extra, key: records},
+    jsonl (one record a line), csv or an aligned table of `columns` plus, with `metadata`, one
+    column per metadata field (see metadata_columns). `rows`, when given, are what the table and
+    CSV show instead of `records` (one row per member of a group). Texts are shown on one line;
+    a table cuts long cells, CSV keeps them whole."""
+    fmt = output_format()
+    if fmt == "json":
+        echo_json({**(extra or {}), key: records})
+        return
+    if fmt == "jsonl":
+        for r in records:
+            click.echo(json.dumps(r, ensure_ascii=False))
+        return
+    records = records if rows is None else rows
+    meta_cols = metadata_columns(records, limit=None if fmt == "csv" else MAX_META_COLUMNS) if metadata else []
+    if "text" in columns and not any(r.get("text") and r.get("text") != r.get("key") for r in records):
+        columns = [c for c in columns if c != "text"]
+    headers = {(f"metadata.{c}" if c in columns else c): c for c in meta_cols}  # a field named like a column
+    columns = columns + list(headers)
+    image_labels = chosen_fields() is None
+    rows = [{c: _column_value(r, headers[c], image_labels) if c in headers else r.get(c) for c in columns}
+            for r in records]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if v is None else v if _plain(v) else json.dumps(v, ensure_ascii=False)
+                             for v in (row[c] for c in columns)])
+        click.echo(out.getvalue(), nl=False)
+    else:
+        click.echo(render_table(rows, columns) if rows else empty)
+
+
+def hits_json(hits: list[Hit], *, collapsed: bool = False) -> list[dict]:
+    return [{"rank": h.rank, "key": h.key, "score": round(h.score, 6), "metadata": h.metadata, "text": h.text,
+             "kind": h.kind, **({"folded": h.folded} if collapsed else {})} for h in hits]
+
+
 def hits_table(hits: list[Hit]) -> str:
+    """The hits as an aligned table (for commands that print several lists of hits)."""
     if not hits:
         return "(no hits)"
-    rows = [{"rank": h.rank, "score": f"{h.score:.4f}", "key": h.key, "text": h.text or "",
-             "metadata": h.metadata or "", "label": label(h.metadata)} for h in hits]
-    columns = ["rank", "score", "key"]
-    if any(h.text and h.text != h.key for h in hits):
-        columns.append("text")
-    if all(h.kind == "image" for h in hits):  # image metadata is long: show what the CNN saw
-        columns.append("label")
-    elif all(h.kind == "word" and set(h.metadata) <= {"rank"} for h in hits):
-        pass  # the built-in words' frequency rank says nothing about the neighbours (--json has it)
-    elif any(h.metadata for h in hits):
-        columns.append("metadata")
-    return render_table(rows, columns)
-
-
-def hits_json(hits: list[Hit]) -> list[dict]:
-    return [{"rank": h.rank, "key": h.key, "score": round(h.score, 6), "metadata": h.metadata, "text": h.text,
-             "kind": h.kind} for h in hits]
+    records = hits_json(hits)
+    columns = ["rank", "score", "key", "text"]
+    meta_cols = metadata_columns(records)
+    rows = [{"rank": r["rank"], "score": r["score"], "key": r["key"], "text": r["text"],
+             **{c: _column_value(r, c, True) for c in meta_cols}} for r in records]
+    if not any(r["text"] and r["text"] != r["key"] for r in records):
+        columns.remove("text")
+    return render_table(rows, columns + meta_cols)
 
 
 def explain_empty(index, hits: list[Hit], where: str | None) -> None:
@@ -261,9 +384,13 @@ def explain_empty(index, hits: list[Hit], where: str | None) -> None:
             raise FilterError(reason)
 
 
-def echo_hits(hits: list[Hit], **extra) -> None:
-    """The hits as a table, or with --json as {**extra, "hits": [...]}."""
-    if flags().json:
-        echo_json({**extra, "hits": hits_json(hits)})
-    else:
-        click.echo(hits_table(hits))
+def echo_hits(hits: list[Hit], *, collapsed: bool = False, **extra) -> None:
+    """The hits in the chosen --format (json: {**extra, "hits": [...]}); with `collapsed`, the
+    near-identical hits each one stands for: their keys in JSON (`folded`), their count in a table."""
+    records = hits_json(hits, collapsed=collapsed)
+    columns = ["rank", "score", "key", "text"]
+    if collapsed:
+        columns.append("folded")
+        if output_format() in ("table", "csv"):
+            records = [{**r, "folded": len(r["folded"])} for r in records]
+    echo_records(records, columns, extra=extra)

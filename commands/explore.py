@@ -12,8 +12,8 @@ from latent.search.explore import Term, analogy as solve, interpolate as walk, r
 from latent.search.map_html import render_html
 from latent.search.map_png import render_png
 from latent.search.maps import compute_map
-from .common import (echo_hits, echo_json, flags, index_dir, k_option, label, note, open_index, render_table,
-                     where_option)
+from .common import (echo_hits, echo_json, flags, index_dir, k_option, label, note, open_index, output_options,
+                     render_table, where_option)
 
 
 @click.command()
@@ -75,6 +75,7 @@ def _reading(term: Term) -> str:
 @click.option("--include-inputs", is_flag=True, help="Rank A, B and C too, where their scores put them.")
 @click.option("--index", "directory", default="@words", show_default=True,
               help="The index to use: a directory or a built-in index.")
+@output_options
 def analogy(a: str, b: str, c: str, k: int, method: str, include_inputs: bool, directory: str):
     """A is to B as C is to ?  (on the GloVe words by default)
 
@@ -99,7 +100,8 @@ def analogy(a: str, b: str, c: str, k: int, method: str, include_inputs: bool, d
                    "umap: like tsne, needs `pip install umap-learn`.")
 @click.option("--color-by", "color_by", metavar="FIELD",
               help="Metadata field to colour by (a.b for nested fields): a legend for text values "
-                   "(20 named, the rest 'other'), a colour scale for numbers.")
+                   "(20 named, the rest 'other') and for at most 20 distinct whole numbers (the clusters of "
+                   "`latent cluster`), a colour scale for other numbers.")
 @click.option("--labels", type=click.IntRange(0, 500), default=20, show_default=True,
               help="PNG: how many spread-out points to label (their text or key; images get a thumbnail).")
 @click.option("--sample", type=click.IntRange(3, 1_000_000), default=5000, show_default=True,

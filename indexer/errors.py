@@ -41,6 +41,10 @@ class LockTimeout(LatentError):
     """Another process holds the index's write lock for too long."""
 
 
+class KeyNotFound(LatentError):
+    """No item has the key asked for."""
+
+
 class FilterError(LatentError):
     """A filter (`where`) expression cannot be parsed."""
 

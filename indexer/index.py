@@ -996,6 +996,29 @@ class Index:
             report.committed.append((generation, len(rows)))
         return report
 
+    def update_metadata(self, changes: dict[int, dict], *, manifest: dict | None = None) -> int:
+        """Merge `changes[id]` (field: value) into the stored metadata of each item, in one
+        transaction that bumps the generation (vectors untouched), then record `manifest` entries,
+        under the same write lock. Returns how many items changed; ids no longer stored are
+        passed over."""
+        with self._writing():
+            stored = self.store.fetch(list(changes))
+            updates = []
+            for i, fields in changes.items():
+                if i in stored:
+                    before = stored[i]["metadata"] if isinstance(stored[i]["metadata"], dict) else {}
+                    after = {**before, **fields}
+                    if after != before:
+                        updates.append((i, metadata_json(after)))
+            if updates:
+                with self._guard.exclusive():
+                    generation, _ = self.store.write_batch([], metadata_updates=updates)
+                    self._apply(generation, [])
+            if manifest:
+                self.store.set_manifest(**manifest)
+                self.manifest = self.store.manifest()
+        return len(updates)
+
     def delete(self, keys: Sequence[str]) -> tuple[int, list[str]]:
         """Delete items by key. Returns (number deleted, keys that were not in the index)."""
         ids = None

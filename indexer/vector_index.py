@@ -490,6 +490,52 @@ class ExactTopK:
         self.ids = np.take_along_axis(both_i, top, axis=1)
 
 
+def pairs_above(vectors: np.ndarray, threshold: float, *, block: int = 2048, max_pairs: int = 20_000_000,
+                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i, j), i < j, of rows of `vectors` whose inner product is >= `threshold`:
+    (i, j, score) arrays, by an exact FAISS range search of each block of rows against all of
+    them (BLAS, no Python loop over pairs). `progress(rows)` is called after each block. More
+    than `max_pairs` pairs is an error: the threshold is too low for the collection."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    firsts, seconds, scores = [], [], []
+    total = 0
+    for start in range(0, len(vectors), block):
+        lims, dist, found = flat.range_search(vectors[start:start + block], float(threshold))
+        lims = lims.astype(np.int64)
+        rows = np.repeat(np.arange(start, start + len(lims) - 1, dtype=np.int64), np.diff(lims))
+        keep = found > rows  # each pair once, and not an item with itself
+        firsts.append(rows[keep])
+        seconds.append(found[keep].astype(np.int64))
+        scores.append(dist[keep])
+        total += int(keep.sum())
+        if total > max_pairs:
+            raise LatentError(f"more than {max_pairs:,} pairs of items have a similarity of {threshold} or more; "
+                              "raise the threshold (or narrow the items with a filter)")
+        if progress is not None:
+            progress(len(lims) - 1)
+    if not firsts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(scores)
+
+
+def kmeans(vectors: np.ndarray, k: int, *, niter: int = 20, seed: int = 0,
+           spherical: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FAISS k-means of `vectors` into `k` clusters: (centroids (k, d), the cluster of each row,
+    each row's inner product with its centroid). Spherical: centroids are unit vectors, so
+    rows are assigned by cosine similarity, as searches rank."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    km = faiss.Kmeans(vectors.shape[1], int(k), niter=int(niter), seed=int(seed), spherical=spherical,
+                      max_points_per_centroid=max(256, -(-len(vectors) // int(k))), min_points_per_centroid=1,
+                      verbose=False)
+    km.train(vectors)
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(km.centroids)
+    scores, assigned = flat.search(vectors, 1)
+    return km.centroids, assigned[:, 0].astype(np.int64), scores[:, 0]
+
+
 def _best(scores: np.ndarray, k: int) -> np.ndarray:
     """The positions of the k highest scores of each row, best first, the earlier of equal scores first."""
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -12,8 +12,8 @@ from latent.indexer.builtin import open_index
 from latent.indexer.errors import InputError
 from latent.indexer.index import Index, Progress, _no_progress
 
-from . import explore, keyword, query as queries
-from .query import Hit
+from . import clusters, dupes, explore, keyword, query as queries
+from .query import Hit, above
 
 
 class Collection(Index):
@@ -22,10 +22,12 @@ class Collection(Index):
 
     def search(self, query: str | np.ndarray | None = None, *, k: int = 10, where: str | None = None,
                expr: str | None = None, include_terms: bool = False, min_score: float | None = None,
-               mode: str = "vector", syntax: str = "words") -> list[Hit]:
+               mode: str = "vector", syntax: str = "words", collapse: float | None = None) -> list[Hit]:
         """The k nearest items to a text (encoded by the index's encoder), a vector, or a vector
         expression such as `expr='king - man + woman'` (whose keys are left out unless
-        `include_terms`); `where` filters on metadata first; hits below `min_score` are dropped.
+        `include_terms`); `where` filters on metadata first; hits below `min_score` are dropped;
+        with `collapse` (a cosine threshold such as 0.95) near-identical hits are folded into the
+        best-ranked one (`hit.folded` names them) and k distinct hits come back.
 
         `mode="keyword"` ranks the texts by BM25 (SQLite FTS5), `mode="hybrid"` fuses both
         rankings by reciprocal rank fusion (see search/keyword.py); the score is then the BM25
@@ -37,10 +39,17 @@ class Collection(Index):
         if expr is not None:
             if mode != "vector":
                 raise InputError(f"an expression is vector arithmetic: it searches in mode vector, not {mode!r}")
-            hits = explore.search_expression(self, expr, k=k, where=where, include_terms=include_terms)
+
+            def find(n: int) -> list[Hit]:
+                return explore.search_expression(self, expr, k=n, where=where, include_terms=include_terms)
         else:
-            hits = keyword.search_by_mode(self, query, mode=mode, k=k, where=where, syntax=syntax)
-        return _above(hits, min_score)
+            if mode == "vector" and isinstance(query, str):  # encoded once, however often collapse asks
+                query = queries.encode_query(self, query)
+
+            def find(n: int) -> list[Hit]:
+                return keyword.search_by_mode(self, query, mode=mode, k=n, where=where, syntax=syntax)
+        hits = find(k) if collapse is None else dupes.distinct_hits(self, find, k=k, threshold=collapse)
+        return above(hits, min_score)
 
     def search_vectors(self, vectors: np.ndarray, *, k: int = 10, where: str | None = None) -> list[list[Hit]]:
         """Hits for each row of `vectors` (float32, (n, dim) or (dim,))."""
@@ -53,11 +62,38 @@ class Collection(Index):
 
     def similar(self, *, key: str | None = None, vector: np.ndarray | None = None, image: str | Path | None = None,
                 k: int = 10, where: str | None = None, min_score: float | None = None,
-                include_self: bool = False) -> list[Hit]:
+                include_self: bool = False, collapse: float | None = None) -> list[Hit]:
         """The k nearest items to a stored item, a vector or an image file; the item itself (or a
-        stored image with the same bytes as the file) is left out unless `include_self`."""
-        return _above(queries.similar(self, key=key, vector=vector, image=image, k=k, where=where,
-                                    include_self=include_self), min_score)
+        stored image with the same bytes as the file) is left out unless `include_self`;
+        `min_score` and `collapse` as for `search`."""
+        def find(n: int) -> list[Hit]:
+            return queries.similar(self, key=key, vector=vector, image=image, k=n, where=where,
+                                   include_self=include_self)
+        hits = find(k) if collapse is None else dupes.distinct_hits(self, find, k=k, threshold=collapse)
+        return above(hits, min_score)
+
+    def duplicates(self, *, threshold: float = dupes.DEFAULT_THRESHOLD, where: str | None = None,
+                   progress: Progress = _no_progress) -> list[dupes.DuplicateGroup]:
+        """Groups of near-duplicate items (cosine similarity >= `threshold`, linked transitively),
+        largest first, each with its representative first (see latent.search.dupes)."""
+        return dupes.find_duplicates(self, threshold=threshold, where=where, progress=progress)
+
+    def cluster(self, k: int = 20, *, field: str = "cluster", where: str | None = None, seed: int = 0,
+                replace: bool = False, top: int = 5, progress: Progress = _no_progress) -> clusters.Clustering:
+        """FAISS k-means into `k` clusters; each item's cluster number is stored in its metadata
+        `field` (a field a user set is replaced only with `replace=True`)."""
+        return clusters.cluster(self, k=k, field=field, where=where, seed=seed, replace=replace, top=top,
+                                progress=progress)
+
+    def items(self, *, where: str | None = None, limit: int | None = None, offset: int = 0) -> list[Hit]:
+        """The stored items (those matching `where`) in insertion order, as Hits with rank = position
+        and score 1.0: at most `limit` from `offset`."""
+        return queries.list_items(self, where=where, limit=limit, offset=offset)
+
+    def get(self, key: str, *, vector: bool = False) -> dict:
+        """One item by key: {id, key, kind, text, path, metadata} and with `vector`, its stored
+        vector (float32); an unknown key raises KeyNotFound."""
+        return queries.get_item(self, key, vector=vector)
 
     def interpolate(self, a: str, b: str, *, steps: int = 10, method: str = "slerp", exclude_endpoints: bool = False,
                     where: str | None = None) -> list[explore.Step]:
@@ -69,10 +105,6 @@ class Collection(Index):
                 include_inputs: bool = False) -> list[Hit]:
         """"a is to b as c is to ?" by 3CosAdd (`method="add"`) or 3CosMul (`"mul"`)."""
         return explore.analogy(self, a, b, c, k=k, method=method, include_inputs=include_inputs)
-
-
-def _above(hits: list[Hit], min_score: float | None) -> list[Hit]:
-    return hits if min_score is None else [h for h in hits if h.score >= min_score]
 
 
 def create(directory: str | Path, *, encoder: str = "minilm", index_type: str = "auto", params: dict | None = None,

@@ -83,8 +83,9 @@ def scale_stops(c: Colouring, steps: int = 9) -> list[str]:
 
 
 def colouring(m: Map, color_by: str | None) -> Colouring:
-    """Categorical (strings, booleans, mixed: up to MAX_CATEGORIES named, the rest "other")
-    or numeric (a colour scale) colours for `color_by`; MapError when no point has it."""
+    """Categorical (strings, booleans, mixed, or at most MAX_CATEGORIES distinct whole numbers
+    such as the clusters of `latent cluster`: up to MAX_CATEGORIES named, the rest "other") or
+    numeric (a colour scale) colours for `color_by`; MapError when no point has it."""
     n = len(m)
     if not color_by:
         return Colouring("none", None, [PLAIN_COLOUR] * n)
@@ -96,7 +97,10 @@ def colouring(m: Map, color_by: str | None) -> Colouring:
     if any(isinstance(v, (dict, list)) for v in present):
         raise MapError(f"metadata field {color_by!r} holds lists or objects; colour by a field of plain values "
                        f"(a nested one as a.b); fields present: {', '.join(m.fields()[:12])}")
-    if all(_is_number(v) for v in present) and len(set(present)) > 2:
+    whole = all(_is_number(v) and float(v).is_integer() for v in present)
+    # a few whole numbers (a cluster number, a class id, a rating) are classes, not a scale
+    few_whole = whole and len(set(present)) <= MAX_CATEGORIES
+    if all(_is_number(v) for v in present) and len(set(present)) > 2 and not few_whole:
         values = np.array([float(v) if _is_number(v) else np.nan for v in raw], dtype=np.float64)
         vmin, vmax = float(np.nanmin(values)), float(np.nanmax(values))
         cmap, to_hex = _colour_scale("viridis")
@@ -112,7 +116,7 @@ def colouring(m: Map, color_by: str | None) -> Colouring:
         top = sorted(counts, key=lambda c: (-counts[c], c))[:MAX_CATEGORIES - 1]
     else:
         top = list(counts)
-    shown = sorted(top, key=lambda c: (c.lower(), c))
+    shown = sorted(top, key=(lambda c: int(c)) if whole else (lambda c: (c.lower(), c)))
     palette = PALETTE[:9] + ("#7f7f7f",) if len(shown) <= 10 else PALETTE  # tab10 when it suffices
     categories = [(c, palette[i % len(palette)], counts[c]) for i, c in enumerate(shown)]
     slot = {c: i for i, c in enumerate(shown)}

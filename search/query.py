@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from latent.indexer.encoders import normalize
-from latent.indexer.errors import InputError, LatentError
+from latent.indexer.errors import InputError, KeyNotFound, LatentError
 from latent.indexer.images import load_image, read_query_image
 from latent.indexer.index import Index
 from latent.indexer.store import SnapshotMoved
@@ -28,7 +28,8 @@ MAX_K = 100_000  # a larger k is refused; a k above the item count returns every
 
 @dataclass(slots=True)
 class Hit:
-    """One result: rank (1-based), key, score (cosine similarity), metadata, text, kind."""
+    """One result: rank (1-based), key, score (cosine similarity), metadata, text, kind; `folded`:
+    the keys of near-identical hits folded into this one (search with collapse)."""
 
     rank: int
     key: str
@@ -37,6 +38,7 @@ class Hit:
     text: str | None = None
     id: int = 0
     kind: str = "text"
+    folded: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +69,7 @@ def similar(index: Index, *, key: str | None = None, vector: np.ndarray | None =
     if key is not None:
         vector = index.vector_of(key)
         if vector is None:
-            raise LatentError(f"no item with key {key!r} in {index.directory}")
+            raise KeyNotFound(f"no item with key {key!r} in {index.directory}")
         exclude = (key,)
     elif image is not None:
         picture, sha256 = read_query_image(image)  # one read: the pixels, and the content hash
@@ -245,4 +247,40 @@ class Results:
         return _hits_of_rows(self._rows, self.scores, self.ids, self.ids.shape[1], set())
 
 
-__all__ = ["Hit", "Results", "search", "similar", "search_vectors", "search_batch", "encode_query", "encode_image"]
+def above(hits: list[Hit], min_score: float | None) -> list[Hit]:
+    """The hits scoring at least `min_score` (all of them when it is None)."""
+    return hits if min_score is None else [h for h in hits if h.score >= min_score]
+
+
+def list_items(index: Index, *, where: str | None = None, limit: int | None = None, offset: int = 0) -> list[Hit]:
+    """Stored items (those matching `where`) in id order (the order they were added), as Hits
+    with rank = position (from 1) and score 1.0; at most `limit` of them from `offset`."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
+        raise InputError(f"limit must be a whole number of at least 0, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise InputError(f"offset must be a whole number of at least 0, got {offset!r}")
+    with index.snapshot():
+        allowed = index.matching_ids(where)
+        ids = index.ids() if allowed is None else np.sort(np.asarray(allowed, dtype=np.int64))
+        ids = ids[offset:] if limit is None else ids[offset:offset + limit]
+        rows = index.fetch(ids)
+    return [Hit(offset + n, rows[i]["key"], 1.0, rows[i]["metadata"], rows[i]["text"], int(i), rows[i]["kind"])
+            for n, i in enumerate(ids.tolist(), start=1) if i in rows]
+
+
+def get_item(index: Index, key: str, *, vector: bool = False) -> dict:
+    """One stored item by key: {id, key, kind, text, path, metadata}, and its stored `vector`
+    (float32) when asked; KeyNotFound names the key when no item has it."""
+    with index.snapshot():
+        found = index.lookup([key])
+        if key not in found:
+            raise KeyNotFound(f"no item with key {key!r} in {index.directory}")
+        item_id = found[key][0]
+        item = {"id": item_id, **index.fetch([item_id])[item_id]}
+        if vector:
+            item["vector"] = index.vectors_of([item_id])[0]
+    return item
+
+
+__all__ = ["Hit", "Results", "above", "list_items", "get_item", "search", "similar", "search_vectors",
+           "search_batch", "encode_query", "encode_image"]

@@ -17,7 +17,8 @@ from ..explore import ExpressionError, Term, analogy, interpolate, parse_express
 from ..keyword import search_by_mode
 from ..query import search, similar
 from .errors import ImageUnreadable, NotFound
-from .schemas import HitsOut, IndexDetailOut, IndexesOut, ItemOut, MapOut, StepsOut, error_responses
+from .schemas import (DuplicatesOut, HitsOut, IndexDetailOut, IndexesOut, ItemOut, MapOut, StepsOut,
+                      error_responses)
 from .served import Api, Limits, Served, stored_item, summary
 
 MAX_ID = 2**63 - 1
@@ -177,6 +178,14 @@ def _explore_routes(router: APIRouter, api: Api, limits: Limits, common: dict, N
             terms = [client_term(served, index, t) for t in (a, b, c)]
             hits = analogy(index, *terms, k=k, method=method, include_inputs=include_inputs)
             return api.hits(served, hits, started)
+
+    @router.get("/indexes/{name}/duplicates", response_model=DuplicatesOut, responses=common)
+    def duplicates(name: Name, threshold: Annotated[float, Query(
+            gt=0, le=1, description="Cosine similarity from which two items are near-duplicates.")] = 0.95,
+            where: Where = None):
+        """Groups of near-duplicate items (linked by pairs at or above the threshold), largest first,
+        each with its representative first; an exact search over at most max_dupes_items items."""
+        return api.duplicates(api.get(name), threshold, where, time.perf_counter())
 
     @router.get("/indexes/{name}/map", response_model=MapOut, responses={**common, **error_responses(429)})
     async def item_map(name: Name, method: Literal["pca", "tsne", "umap"] = "pca",

@@ -32,6 +32,30 @@ class HitsOut(BaseModel):
     took_ms: float
 
 
+class MemberOut(BaseModel):
+    id: int
+    key: str
+    score: float = Field(description="Cosine similarity to the group's representative (1 for itself).")
+    kind: str
+    text: str | None
+    metadata: dict[str, Any]
+    thumbnail: str | None
+
+
+class GroupOut(BaseModel):
+    representative: str = Field(description="Key of the member nearest to the group's mean; items[0].")
+    size: int
+    min_score: float = Field(description="The lowest similarity of a pair that links the group.")
+    items: list[MemberOut]
+
+
+class DuplicatesOut(BaseModel):
+    groups: list[GroupOut] = Field(description="Largest first; at most the server's max_dupes_groups.")
+    total_groups: int
+    items_in_groups: int
+    took_ms: float
+
+
 class IndexOut(BaseModel):
     name: str
     count: int

@@ -19,8 +19,10 @@ from starlette.concurrency import run_in_threadpool
 
 from latent.indexer.builtin import open_index
 from latent.indexer.images import ImageRefused, file_sha256, open_regular
+from latent.indexer.errors import LatentError
 from latent.indexer.index import Index
 
+from ..dupes import find_duplicates
 from ..maps import MapError, compute_map, label_text, thumbnail, unit_square
 from ..query import Hit
 from .errors import Busy, NotFound, ServeError, Stopping
@@ -40,6 +42,8 @@ class Limits:
     min_sample: int = 10  # points of a map
     max_sample: int = 20_000
     max_slow_map_sample: int = 5_000  # points of a t-SNE or UMAP map (20,000 took 107 s)
+    max_dupes_items: int = 100_000  # items a duplicate search on the page may compare (100,000: ~1-2 min)
+    max_dupes_groups: int = 200  # groups one answer shows, largest first
     thumbnail_sizes: tuple[int, int] = (16, 1024)  # a requested size is clamped into this range
     cached_maps: int = 8  # per index
     cached_thumbnails: int = 512
@@ -214,6 +218,24 @@ class Api:
         kept = [h for h in hits if min_score is None or h.score >= min_score]
         return {"hits": [{"rank": h.rank, "id": h.id, "key": h.key, "score": h.score, "kind": h.kind, "text": h.text,
                           "metadata": h.metadata, "thumbnail": served.thumbnail_url(h.id, h.kind)} for h in kept],
+                "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    def duplicates(self, served: Served, threshold: float, where: str | None, started: float) -> dict:
+        """The groups of near-duplicates (largest first, at most max_dupes_groups) with thumbnails."""
+        with served.using() as index:
+            allowed = index.matching_ids(where)
+            n = index.count() if allowed is None else len(allowed)
+            if n > self.limits.max_dupes_items:
+                raise LatentError(f"{served.name} has {n:,} items{' matching the filter' if where else ''}; the page "
+                                  f"finds duplicates among at most {self.limits.max_dupes_items:,}: narrow them with "
+                                  "a filter, or run `latent dupes` on the command line")
+            groups = find_duplicates(index, threshold=threshold, where=where)
+        shown = groups[:self.limits.max_dupes_groups]
+        return {"groups": [{"representative": g.representative.key, "size": g.size, "min_score": g.min_score,
+                            "items": [{"id": m.id, "key": m.key, "score": m.score, "kind": m.kind, "text": m.text,
+                                       "metadata": m.metadata, "thumbnail": served.thumbnail_url(m.id, m.kind)}
+                                      for m in g.members]} for g in shown],
+                "total_groups": len(groups), "items_in_groups": sum(g.size for g in groups),
                 "took_ms": round((time.perf_counter() - started) * 1000, 3)}
 
     def steps(self, served: Served, index: Index, path, started: float) -> dict:

@@ -124,7 +124,8 @@
     error: $("error"), errorText: $("error-text"), summary: $("summary"), results: $("results"),
     progress: $("progress"), dropOverlay: $("drop-overlay"), dropZone: $("drop-zone"),
   };
-  const submitButtons = [$("search-button"), $("path-button"), $("analogy-button")];
+  ui.dupesForm = $("dupes-form"); ui.dupesThreshold = $("dupes-threshold"); ui.dupesWhere = $("dupes-where");
+  const submitButtons = [$("search-button"), $("path-button"), $("analogy-button"), $("dupes-button")];
 
   function indexPath(suffix) {
     return "api/indexes/" + encodeURIComponent(state.index.name) + suffix;
@@ -293,6 +294,7 @@
       ui.where.classList.remove("invalid");
       if (!(opts && opts.back)) state.history = state.history.slice(-49).concat([action]);
       if (action.render === "path") renderPath(action, Array.isArray(data.steps) ? data.steps : [], ms);
+      else if (action.render === "dupes") renderDupes(action, data, ms);
       else renderHits(action, Array.isArray(data.hits) ? data.hits : [], ms);
     } catch (e) {
       if (e && e.name === "AbortError") return;
@@ -402,9 +404,16 @@
          url: indexPath("/analogy" + query({a: a, b: b, c: c, k: ui.k.value, method: ui.anMethod.value}))});
   });
 
+  ui.dupesForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const threshold = ui.dupesThreshold.value, where = ui.dupesWhere.value.trim();
+    run({kind: "dupes", label: "similarity ≥ " + threshold + (where ? ", filter " + where : ""), render: "dupes",
+         url: indexPath("/duplicates" + query({threshold: threshold, where: where}))});
+  });
+
   // ---- tabs --------------------------------------------------------------------------------
   const tabs = {search: [$("tab-search"), ui.searchForm, ui.q], path: [$("tab-path"), ui.pathForm, ui.pathA],
-                analogy: [$("tab-analogy"), ui.analogyForm, ui.anA]};
+                analogy: [$("tab-analogy"), ui.analogyForm, ui.anA], dupes: [$("tab-dupes"), ui.dupesForm, ui.dupesThreshold]};
 
   function selectTab(name, focus) {
     for (const [key, [tab, pane]] of Object.entries(tabs)) {
@@ -573,8 +582,9 @@
     else if (action.kind === "image") { what.append(" like the image "); if (img) what.appendChild(img); what.appendChild(el("b", null, action.label)); }
     else if (action.kind === "analogy") { what.append(" for "); what.appendChild(el("code", null, action.label)); }
     else if (action.kind === "path") { what.append(" from "); what.appendChild(el("code", null, action.label)); }
+    else if (action.kind === "dupes") { what.append(" of near-duplicates at "); what.appendChild(el("code", null, action.label)); }
     ui.summary.appendChild(what);
-    const where = action.kind !== "path" && action.kind !== "analogy" ? ui.where.value.trim() : "";
+    const where = ["path", "analogy", "dupes"].indexOf(action.kind) < 0 ? ui.where.value.trim() : "";
     if (where) {
       const f = el("span", "filter");
       f.append("filter ");
@@ -619,6 +629,40 @@
     for (const hit of hits) ui.results.appendChild(makeCard(hit, scale));
     suggestFilter(hits);
     MapView.highlight(hits.map((h) => h.id));
+  }
+
+  function renderDupes(action, data, ms) {
+    const groups = Array.isArray(data.groups) ? data.groups : [];
+    state.hits = [];
+    summaryFor(action, typeof data.total_groups === "number" ? data.total_groups : groups.length, ms, "group");
+    ui.results.replaceChildren();
+    ui.results.className = "results dupes";
+    if (!groups.length) {
+      const none = el("div", "empty");
+      none.appendChild(el("strong", null, "No near-duplicates."));
+      none.appendChild(el("span", null, " No two items are this similar; lower the threshold to see looser groups."));
+      ui.results.appendChild(none);
+    }
+    groups.forEach((g, n) => {
+      const section = el("section", "dupe-group");
+      section.setAttribute("aria-label", "Group " + (n + 1) + " of " + g.size + " items");
+      const head = el("div", "dupe-head");
+      head.appendChild(el("strong", null, "Group " + (n + 1)));
+      head.appendChild(el("span", null, g.size + " items · linked at ≥ " + scoreText(g.min_score) + " · representative "));
+      head.appendChild(el("b", null, String(g.representative)));
+      section.appendChild(head);
+      const items = Array.isArray(g.items) ? g.items : [];
+      const images = items.some((m) => m.thumbnail);
+      const grid = el("div", "results grid " + (images ? "images" : "texts"));
+      items.forEach((m, i) => {
+        const card = makeCard(Object.assign({}, m, {rank: i + 1}), 1);
+        if (i === 0) card.classList.add("representative");
+        grid.appendChild(card);
+      });
+      section.appendChild(grid);
+      ui.results.appendChild(section);
+    });
+    MapView.highlight([].concat.apply([], groups.map((g) => (g.items || []).map((m) => m.id))));
   }
 
   function renderPath(action, steps, ms) {

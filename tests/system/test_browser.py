@@ -513,3 +513,50 @@ def test_docs_render_offline(server, browser):
     assert requested and all(url.startswith(server) or url.startswith("data:") for url in requested), requested
     shot(page, "docs")
     context.close()
+
+
+# -- duplicate groups ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def copies_server(photo_files, tmp_path_factory):
+    """A server over an efficientnet index of the photos plus a half-size copy of two of them and a
+    JPEG at quality 20 of one."""
+    from latent.search.server import create_app
+
+    folder = tmp_path_factory.mktemp("copies")
+    for path in photo_files.iterdir():
+        shutil.copy(path, folder / path.name)
+    for name in ("chelsea", "rocket"):
+        im = Image.open(photo_files / f"{name}.jpg")
+        im.resize((im.width // 2, im.height // 2)).save(folder / f"{name}-small.jpg", quality=90)
+    Image.open(photo_files / "chelsea.jpg").save(folder / "chelsea-q20.jpg", quality=20)
+    index = Index.create(tmp_path_factory.mktemp("copies-index") / "copies", encoder="efficientnet")
+    assert index.add(read_images([str(folder)])).added == len(PHOTOS) + 3
+    index.close()
+    with running(create_app([str(index.directory)])) as url:
+        yield url
+
+
+def test_the_duplicates_tab_shows_groups_with_thumbnails(copies_server, browser):
+    context, page, errors = _open(browser, copies_server)
+    try:
+        choose(page, "copies")
+        page.click("#tab-dupes")
+        page.select_option("#dupes-threshold", "0.8")
+        page.click("#dupes-button")
+        page.wait_for_selector(".dupe-group")
+        idle(page)
+        groups = page.eval_on_selector_all(".dupe-group", """gs => gs.map(g =>
+            [...g.querySelectorAll('.card')].map(c => c.dataset.key).sort())""")
+        assert sorted(groups) == [["chelsea-q20.jpg", "chelsea-small.jpg", "chelsea.jpg"],
+                                  ["rocket-small.jpg", "rocket.jpg"]]
+        assert page.locator(".card.representative").count() == 2
+        page.wait_for_function("""() => [...document.querySelectorAll('.dupe-group .thumb img')]
+            .every(i => i.complete && i.naturalWidth > 0)""")
+        assert "2 groups" in page.inner_text("#summary")
+        page.mouse.move(0, 0)
+        shot(page, "photos-duplicates", also=DOCS_IMG / "serve-dupes.png")
+        page.locator(".dupe-group .card").first.click()  # a card searches for more like it
+        page.wait_for_function("() => document.getElementById('summary').textContent.includes('similar to')")
+    finally:
+        context.close()
+    assert not errors, errors

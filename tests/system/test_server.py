@@ -150,6 +150,21 @@ def test_search_words_with_filter_and_min_score(client):
     assert keys(cut) == keys(doc)[:len(cut["hits"])]
 
 
+def test_duplicate_groups(client):
+    doc = ok(client.get("/api/indexes/words/duplicates", params={"threshold": 0.9}))
+    assert doc["total_groups"] >= len(doc["groups"]) > 0 and len(doc["groups"]) <= 200 and doc["took_ms"] > 0
+    group = doc["groups"][0]
+    assert group["representative"] == group["items"][0]["key"] and group["size"] == len(group["items"]) >= 2
+    assert group["items"][0]["score"] == pytest.approx(1.0, abs=1e-5) and group["min_score"] >= 0.9
+    assert set(group["items"][0]) == {"id", "key", "score", "kind", "text", "metadata", "thumbnail"}
+    assert doc["items_in_groups"] >= sum(g["size"] for g in doc["groups"])
+    narrowed = ok(client.get("/api/indexes/words/duplicates", params={"threshold": 0.9, "where": "length=5"}))
+    assert all(len(m["key"]) == 5 for g in narrowed["groups"] for m in g["items"])
+    assert ok(client.get("/api/indexes/words/duplicates", params={"threshold": 1}))["groups"] == []
+    fails(client.get("/api/indexes/words/duplicates", params={"threshold": 0}), 422)
+    fails(client.get("/api/indexes/words/duplicates", params={"where": "length="}), 400)
+
+
 def test_sentence_search(client):
     doc = ok(client.get("/api/indexes/idx/search", params={"q": "heavy rain and flooding", "k": 3}))
     assert doc["hits"][0]["metadata"]["topic"] == "weather" and doc["hits"][0]["text"]
@@ -646,6 +661,7 @@ OPERATIONS = [("GET", "/api/indexes"), ("GET", "/api/indexes/{name}"), ("GET", "
               ("POST", "/api/indexes/{name}/search/image"), ("GET", "/api/indexes/{name}/similar"),
               ("GET", "/api/indexes/{name}/expr"), ("GET", "/api/indexes/{name}/interpolate"),
               ("GET", "/api/indexes/{name}/analogy"), ("GET", "/api/indexes/{name}/map"),
+              ("GET", "/api/indexes/{name}/duplicates"),
               ("GET", "/api/indexes/{name}/items/{id}"), ("GET", "/api/indexes/{name}/items/{id}/thumbnail")]
 EXAMPLES = 25  # per operation, valid and invalid requests mixed
 
@@ -688,7 +704,7 @@ def test_schema_names_the_indexes_and_documents_errors(client):
     assert (k["schema"]["minimum"], k["schema"]["maximum"]) == (1, 1000)
     upload = schema_doc["paths"]["/api/indexes/{name}/search/image"]["post"]
     assert {"413", "415"} <= set(upload["responses"])
-    assert len(schema_doc["paths"]) == 11
+    assert len(schema_doc["paths"]) == 12
 
 
 def test_urls_quote_index_names(dirs, tmp_path):
