@@ -1,5 +1,5 @@
-"""The commands that make and look after an index: create, add, delete, info, check, rebuild
-and tune."""
+"""The commands that make and look after an index: create, add, delete, info, check, rebuild,
+compact and tune."""
 
 from __future__ import annotations
 
@@ -211,6 +211,40 @@ def rebuild(directory: Path):
 
 @click.command()
 @index_dir
+def compact(directory: Path):
+    """Merge the delta segments of DIRECTORY's vector index into its base file now.
+
+    Each write adds a small segment file (vectors-SINCE-GENERATION.seg) next to the base
+    vectors.faiss; writes merge them into the base once they hold more than a tenth of its
+    items ($LATENT_MERGE_RATIO, at least $LATENT_MERGE_MIN = 10,000 items), and the index
+    type `auto` picks for the total (Flat, HNSW, IVF-PQ) is taken there. This forces that
+    merge, e.g. before copying the index or timing queries.
+
+    \b
+    Example:
+        latent compact notes
+    """
+    progress = progress_bars()
+    started = time.perf_counter()
+    with Index.open(directory) as index:
+        try:
+            done = index.compact(progress=progress)
+        finally:
+            progress.close()
+    elapsed = time.perf_counter() - started
+    if flags().json:
+        echo_json({**done, "seconds": round(elapsed, 3)})
+        return
+    if done["how"] == "nothing to merge":
+        click.echo(f"{directory}: no segments to merge ({done['items']:,} items in the base, {done['factory']})")
+        return
+    click.echo(f"Compacted {directory}: {done['segments']} segment(s), {done['segment_items']:,} items, "
+               f"{done['how']} into the base ({done['items']:,} items, {done['factory']} -> {done['factory_after']}) "
+               f"in {elapsed:.1f}s")
+
+
+@click.command()
+@index_dir
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), metavar="R",
               help="Recall@10 to reach (kept for re-tuning as the index grows). [default: the index's own]")
 def tune(directory: Path, target_recall: float | None):
@@ -276,4 +310,4 @@ def skipped(directory: Path, source: str | None, limit: int, clear: bool):
         click.echo(f"({len(rows):,} of {total:,} shown; --limit shows more)")
 
 
-COMMANDS = [create, add, delete, info, check, rebuild, tune, skipped]
+COMMANDS = [create, add, delete, info, check, rebuild, compact, tune, skipped]
