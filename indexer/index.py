@@ -365,16 +365,23 @@ class Index:
         if self._vectors is None:
             self._vectors = self._load_vectors()
         elif self.store.generation() != self._vectors.generation:
-            crc = self.store.manifest().get("vectors_crc32")
-            if self._vectors.base_saved and crc is not None and crc != self._vectors.base_crc \
-                    and not self._lock.held:
-                try:
-                    self._vectors = self._read_vectors()[0]
-                except IndexCorrupt:
-                    pass
-            if self.store.generation() != self._vectors.generation:
-                self._catch_up(self._vectors)
+            self._follow_files()
         return self._vectors
+
+    def _follow_files(self) -> None:
+        """Take in the vector files another process (or handle) wrote since ours were read: new
+        segments are loaded and attached; after a merge (a new base) or merged segments, the files
+        are read anew (the base memory-mapped). What no file holds yet is caught up from the store."""
+        vindex = self._vectors
+        if vindex.base_saved and not sg.follow(vindex, self.directory, self.store.manifest(), self.params):
+            try:
+                self._vectors = self._read_vectors()[0]
+            except IndexCorrupt:  # (as damaged as when it was loaded: catch up from the store)
+                pass
+        if self.store.generation() < self._vectors.generation:  # files newer than the store: load again
+            self._vectors = self._load_vectors()
+        elif self.store.generation() != self._vectors.generation:
+            self._catch_up(self._vectors)
 
     def _read_vectors(self, verify: bool | None = None) -> tuple[sg.SegmentedIndex, list[str]]:
         """The base and the segments the manifest lists, as far as they chain; (index, problems)."""
@@ -690,6 +697,8 @@ class Index:
         with self._writer():
             self.manifest = self.store.manifest()
             _ = self.vectors
+            with self._guard.exclusive():
+                self._follow_files()
             if not self._vectors.segments and self._vectors.base_saved and not self._vectors.wants_rebuild(
                     self.index_type, self.store.count()):
                 return {"segments": 0, "segment_items": 0, "how": "nothing to merge", "items": self._vectors.ntotal,
@@ -720,6 +729,8 @@ class Index:
         try:
             self.manifest = self.store.manifest()
             _ = self.vectors  # load and catch up under the lock
+            with self._guard.exclusive():  # the files as they are now (another handle may have merged)
+                self._follow_files()
         except BaseException:
             self._lock.release()
             raise

@@ -222,8 +222,8 @@ class SegmentedIndex:
     # -- writes (in memory) -------------------------------------------------------------------
     def _tail(self) -> Segment:
         if not self.segments or self.segments[-1].name is not None:
-            self.segments.append(Segment(_flat(self.dim, self.params), self.generation, self.generation,
-                                         np.zeros(0, np.int64)))
+            since = self.saved_generation  # the open segment covers every generation since the last file
+            self.segments.append(Segment(_flat(self.dim, self.params), since, self.generation, np.zeros(0, np.int64)))
         return self.segments[-1]
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -243,6 +243,13 @@ class SegmentedIndex:
         tail = self._tail()
         tail.removed = np.union1d(tail.removed, ids)
         self._refresh_dead()
+
+    def drop_unsaved(self) -> None:
+        """Forget the open segment (a reader's catch-up from the store, which files now cover)."""
+        if self.segments and self.segments[-1].name is None:
+            self.segments.pop()
+            self._refresh_dead()
+        self.generation = self.saved_generation
 
     def attach(self, segment: Segment) -> None:
         """Add a segment loaded from its file (the next in the chain)."""
@@ -329,17 +336,40 @@ def load_chain(directory: Path, manifest: dict, *, params: dict | None, verify: 
             problems.append(f"{entry['name']} does not follow generation {index.generation}")
             break
         try:
-            part, head = vx.read_file(directory / entry["name"], params=params, verify=True if verify is None else verify)
+            segment = load_segment(directory, entry, params, verify)
         except vx.IndexCorrupt as e:
             problems.append(str(e))
             break
-        if (head.get("since"), head["generation"], part.dim) != (entry["since"], entry["generation"], index.dim):
-            problems.append(f"{entry['name']} holds generations {head.get('since')}..{head['generation']}, "
-                            f"the manifest lists {entry['since']}..{entry['generation']}")
-            break
-        index.attach(Segment(part, entry["since"], entry["generation"], part.tombstones, entry["name"],
-                             head["crc32"]))
+        index.attach(segment)
     return index, problems
+
+
+def load_segment(directory: Path, entry: dict, params: dict | None, verify: bool | None = True) -> Segment:
+    """A listed segment file, checked; IndexCorrupt when it is missing, damaged or not what the list says."""
+    part, head = vx.read_file(Path(directory) / entry["name"], params=params, verify=True if verify is None else verify)
+    if (head.get("since"), head["generation"]) != (entry["since"], entry["generation"]):
+        raise vx.IndexCorrupt(f"{entry['name']} holds generations {head.get('since')}..{head['generation']}, "
+                              f"the manifest lists {entry['since']}..{entry['generation']}")
+    return Segment(part, entry["since"], entry["generation"], part.tombstones, entry["name"], head["crc32"])
+
+
+def follow(index: SegmentedIndex, directory: Path, manifest: dict, params: dict | None) -> bool:
+    """Bring `index` forward by the segment files listed after its own (another process wrote
+    them), without reading its base again. False when the listed files do not continue it (a
+    merge made a new base, segments were merged): the caller loads them anew."""
+    ours = [s.name for s in index.segments if s.name is not None]
+    listed = listed_files(manifest)
+    if manifest.get("vectors_crc32") != index.base_crc or [e["name"] for e in listed[:len(ours)]] != ours:
+        return False
+    index.drop_unsaved()
+    for entry in listed[len(ours):]:
+        if entry["since"] != index.generation:
+            break
+        try:
+            index.attach(load_segment(directory, entry, params))
+        except vx.IndexCorrupt:
+            break
+    return True
 
 
 def remove_unlisted(directory: Path, manifest: dict) -> list[str]:
