@@ -143,3 +143,23 @@ def test_an_index_with_a_single_file_of_the_earlier_format_opens_and_keeps_worki
         index.compact()  # the base is written anew, in the current format
         assert vx.read_header(directory / vx.FILE_NAME)[0]["format"] == 2
         assert index.check()["ok"] and index.count() == 199
+
+
+def test_latent_compact_merges_the_segments_and_says_so(tmp_path):
+    from click.testing import CliRunner
+
+    from latent.cli import cli
+
+    rng = np.random.default_rng(5)
+    with Index.create(tmp_path / "idx", encoder="vectors:8", index_type="hnsw") as index:
+        for batch in range(3):
+            index.add_vectors([f"k{batch}_{i}" for i in range(40)], unit(rng, 40))
+        assert len(index.vectors.segments) >= 1
+    result = CliRunner().invoke(cli, ["compact", str(tmp_path / "idx"), "--json"])
+    assert result.exit_code == 0, result.output
+    done = json.loads(result.stdout)
+    assert done["segment_items"] == 120 and done["items"] == 120 and done["factory_after"] == "HNSW32"
+    assert not list((tmp_path / "idx").glob("vectors-*.seg"))
+    result = CliRunner().invoke(cli, ["compact", str(tmp_path / "idx")])
+    assert result.exit_code == 0 and "no segments to merge" in result.stdout
+    assert CliRunner().invoke(cli, ["check", str(tmp_path / "idx")]).exit_code == 0
