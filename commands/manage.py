@@ -180,6 +180,18 @@ def check(directory: Path):
         sys.exit(1)
 
 
+def _with_progress(directory: Path, work):
+    """work(index, progress bars) on the opened index; (what it returned, seconds taken)."""
+    progress = progress_bars()
+    started = time.perf_counter()
+    with Index.open(directory) as index:
+        try:
+            result = work(index, progress)
+        finally:
+            progress.close()
+    return result, time.perf_counter() - started
+
+
 @click.command()
 @index_dir
 def rebuild(directory: Path):
@@ -190,15 +202,8 @@ def rebuild(directory: Path):
     Example:
         latent rebuild notes
     """
-    progress = progress_bars()
-    started = time.perf_counter()
-    with Index.open(directory) as index:
-        try:
-            repaired = index.rebuild(progress=progress)
-        finally:
-            progress.close()
-        facts = index.info()
-    elapsed = time.perf_counter() - started
+    (repaired, facts), elapsed = _with_progress(directory, lambda index, bars: (index.rebuild(progress=bars),
+                                                                                  index.info()))
     if flags().json:
         echo_json({"repaired": repaired, "count": facts["count"], "faiss_factory": facts["faiss_factory"],
                    "generation": facts["generation"], "seconds": round(elapsed, 3)})
@@ -224,14 +229,7 @@ def compact(directory: Path):
     Example:
         latent compact notes
     """
-    progress = progress_bars()
-    started = time.perf_counter()
-    with Index.open(directory) as index:
-        try:
-            done = index.compact(progress=progress)
-        finally:
-            progress.close()
-    elapsed = time.perf_counter() - started
+    done, elapsed = _with_progress(directory, lambda index, bars: index.compact(progress=bars))
     if flags().json:
         echo_json({**done, "seconds": round(elapsed, 3)})
         return

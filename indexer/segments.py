@@ -93,37 +93,14 @@ class SegmentedIndex:
         self._refresh_dead()
 
     # -- facts, as VectorIndex has them (searches and tuning read these) --------------------------
-    @property
-    def params(self) -> dict:
-        return self.base.params
+    # The base's own: its parameters (shared by the segments), factory, dimension, FAISS index,
+    # HNSW and IVF parts, and whether its scores are lossy or exact (segments are exact, Flat).
+    _FROM_BASE = frozenset({"params", "factory", "dim", "index", "_hnsw", "_ivf", "lossy", "exact"})
 
-    @property
-    def factory(self) -> str:
-        return self.base.factory
-
-    @property
-    def dim(self) -> int:
-        return self.base.dim
-
-    @property
-    def index(self):
-        return self.base.index
-
-    @property
-    def _hnsw(self):
-        return self.base._hnsw
-
-    @property
-    def _ivf(self):
-        return self.base._ivf
-
-    @property
-    def lossy(self) -> bool:
-        return self.base.lossy
-
-    @property
-    def exact(self) -> bool:
-        return self.base.exact  # segments are exact (Flat)
+    def __getattr__(self, name: str):
+        if name in SegmentedIndex._FROM_BASE:
+            return getattr(self.__dict__["base"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def tombstones(self) -> np.ndarray:
