@@ -7,7 +7,7 @@ base), adds N of them with `add_vectors` in batches of 50,000 (segments, merging
 past the merge ratio, as any writer), then `compact` (the base holds all N) and:
 
 - adds --adds (default 5) batches of 1,000 new vectors, each its own `add_vectors` call: per
-  call the wall time, the bytes of vector files written (files new or changed in the directory)
+  call the wall time (and CPU time), the bytes of vector files written (files new or changed in the directory)
   and the bytes the process wrote in all (/proc/self/io wchar: SQLite too). The whole-file
   design this replaced rewrote vectors.faiss on each call: its size is printed beside;
 - peak RSS while adding the N (VmHWM after `Index.create`, minus the RSS before it) against
@@ -101,13 +101,14 @@ def one(n: int, index_type: str, adds: int, directory: Path) -> dict:
     base_bytes = (directory / vx.FILE_NAME).stat().st_size
     per_add = []
     for a in range(adds):
+        vectors = unit_vectors(ADD, 10**9 + a)
         before, io = vector_files(directory), wchar()
-        started = time.perf_counter()
-        index.add_vectors([f"new{a}_{i}" for i in range(ADD)], unit_vectors(ADD, 10**9 + a))
-        seconds = time.perf_counter() - started
+        started, cpu = time.perf_counter(), time.process_time()
+        index.add_vectors([f"new{a}_{i}" for i in range(ADD)], vectors)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         after = vector_files(directory)
         written = sum(v[2] for name, v in after.items() if before.get(name) != v)
-        per_add.append({"seconds": seconds, "vector_bytes": written, "all_bytes": wchar() - io,
+        per_add.append({"seconds": seconds, "cpu_seconds": cpu, "vector_bytes": written, "all_bytes": wchar() - io,
                         "segments": len(index.vectors.segments)})
     factory = index.vectors.factory
     index.close()

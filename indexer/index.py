@@ -662,10 +662,8 @@ class Index:
         failpoints.hit("merge-start")
         if rebuild or vindex.wants_rebuild(self.index_type, n) or tuning.wants_retune(self.manifest, n) \
                 or not vindex.base_saved:
-            how = "rebuilt"
+            how = "rebuilt"  # from the store, at the writer's generation (it holds the lock)
             merged = sg.SegmentedIndex(self._build_vectors(progress, tune=True))
-            if merged.generation != vindex.generation:  # (the store is at the writer's generation)
-                self._catch_up(merged)
         else:
             how = "merged"
             copy = vx.read_file(self.directory / vx.FILE_NAME, params=self.params, verify=False)[0]
@@ -673,9 +671,14 @@ class Index:
             with self._guard.shared():
                 base = vindex.merged_base(copy, lambda m: progress("merge", m, vindex.segment_items))
             merged = sg.SegmentedIndex(base)
-        merged.base.generation = merged.generation
         self._write_base(merged, merged.base)
         self._record_tuning()
+        try:  # searched from the file, memory-mapped, rather than from the copy in memory
+            mapped = vx.read_file(self.directory / vx.FILE_NAME, params=self.params, mmap=True, verify=False)[0]
+            if (mapped.generation, mapped.ntotal) == (merged.generation, merged.ntotal):
+                merged = sg.SegmentedIndex(mapped, base_saved=True, base_crc=merged.base_crc)
+        except IndexCorrupt:
+            pass
         self._replace_vectors(merged)
         failpoints.hit("merge-recorded")
         sg.remove_unlisted(self.directory, self.store.manifest())
