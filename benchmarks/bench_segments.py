@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--adds", type=int, default=5)
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--figure", type=Path, help="also write the plot here (e.g. docs/segments_bytes.png)")
+    parser.add_argument("--figure", type=Path, help="also write the plot here (e.g. docs/img/segments-bytes.png)")
     parser.add_argument("--quick", action="store_true", help="sizes 2,000 and 20,000; no JSON")
     parser.add_argument("--one", nargs=3, metavar=("N", "TYPE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
