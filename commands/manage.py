@@ -1,5 +1,5 @@
 """The commands that make and look after an index: create, add, delete, info, check, rebuild,
-tune, skipped and index-field."""
+compact, tune, skipped and index-field."""
 
 from __future__ import annotations
 
@@ -180,6 +180,18 @@ def check(directory: Path):
         sys.exit(1)
 
 
+def _with_progress(directory: Path, work):
+    """work(index, progress bars) on the opened index; (what it returned, seconds taken)."""
+    progress = progress_bars()
+    started = time.perf_counter()
+    with Index.open(directory) as index:
+        try:
+            result = work(index, progress)
+        finally:
+            progress.close()
+    return result, time.perf_counter() - started
+
+
 @click.command()
 @index_dir
 def rebuild(directory: Path):
@@ -190,15 +202,8 @@ def rebuild(directory: Path):
     Example:
         latent rebuild notes
     """
-    progress = progress_bars()
-    started = time.perf_counter()
-    with Index.open(directory) as index:
-        try:
-            repaired = index.rebuild(progress=progress)
-        finally:
-            progress.close()
-        facts = index.info()
-    elapsed = time.perf_counter() - started
+    (repaired, facts), elapsed = _with_progress(directory, lambda index, bars: (index.rebuild(progress=bars),
+                                                                                  index.info()))
     if flags().json:
         echo_json({"repaired": repaired, "count": facts["count"], "faiss_factory": facts["faiss_factory"],
                    "generation": facts["generation"], "seconds": round(elapsed, 3)})
@@ -207,6 +212,33 @@ def rebuild(directory: Path):
         click.echo(f"Repaired: {line}")
     click.echo(f"Rebuilt {directory}: {facts['count']} items, {facts['faiss_factory']}, "
                f"generation {facts['generation']} in {elapsed:.1f}s")
+
+
+@click.command()
+@index_dir
+def compact(directory: Path):
+    """Merge the delta segments of DIRECTORY's vector index into its base file now.
+
+    Each write adds a small segment file (vectors-SINCE-GENERATION.seg) next to the base
+    vectors.faiss; writes merge them into the base once they hold more than a tenth of its
+    items ($LATENT_MERGE_RATIO, at least $LATENT_MERGE_MIN = 10,000 items), and the index
+    type `auto` picks for the total (Flat, HNSW, IVF-PQ) is taken there. This forces that
+    merge, e.g. before copying the index or timing queries.
+
+    \b
+    Example:
+        latent compact notes
+    """
+    done, elapsed = _with_progress(directory, lambda index, bars: index.compact(progress=bars))
+    if flags().json:
+        echo_json({**done, "seconds": round(elapsed, 3)})
+        return
+    if done["how"] == "nothing to merge":
+        click.echo(f"{directory}: no segments to merge ({done['items']:,} items in the base, {done['factory']})")
+        return
+    click.echo(f"Compacted {directory}: {done['segments']} segment(s), {done['segment_items']:,} items, "
+               f"{done['how']} into the base ({done['items']:,} items, {done['factory']} -> {done['factory_after']}) "
+               f"in {elapsed:.1f}s")
 
 
 @click.command()
@@ -309,4 +341,4 @@ def index_field(directory: Path, fields, drop: bool):
     click.echo(f"Indexed fields of {directory}: {', '.join(indexed) if indexed else '(none)'}")
 
 
-COMMANDS = [create, add, delete, info, check, rebuild, tune, skipped, index_field]
+COMMANDS = [create, add, delete, info, check, rebuild, compact, tune, skipped, index_field]

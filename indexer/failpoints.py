@@ -11,7 +11,10 @@ Points:
     commit            a store transaction (a batch, a deletion) has just committed
     vectors-written   the temporary vectors file is written, not yet fsynced
     vectors-synced    the temporary file is fsynced, not yet renamed into place
-    vectors-renamed   the new vectors.faiss is in place, its directory not yet fsynced
+    vectors-renamed   a new vector file (base or segment) is in place, its directory not yet fsynced
+    merge-start       segments are about to merge into a new base; nothing of it is written yet
+    merge-renamed     a new base (merged, rebuilt) is in place and durable; the manifest still lists the old segments
+    merge-recorded    the manifest lists the merged base only; the old segment files are not yet deleted
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import errno
 import os
 import signal
 
-POINTS = ("commit", "vectors-written", "vectors-synced", "vectors-renamed")
+POINTS = ("commit", "vectors-written", "vectors-synced", "vectors-renamed", "merge-start", "merge-renamed",
+          "merge-recorded")
 ACTIONS = ("kill", "enospc")
 
 

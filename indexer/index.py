@@ -15,7 +15,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import tuning
+from . import failpoints, tuning
+from . import segments as sg
 from . import vector_index as vx
 from .encoders import Encoder, canonical_name, encoder_spec, get_encoder, normalize
 from .encoders.base import IMAGE_ENCODERS, TEXT_ENCODERS
@@ -147,7 +148,7 @@ class Index:
         self.directory = Path(directory)
         self.store = store
         self.manifest = store.manifest()
-        self._vectors: vx.VectorIndex | None = None
+        self._vectors: sg.SegmentedIndex | None = None
         self._encoder: Encoder | None = None
         self._encoder_lock = threading.Lock()
         self._lock = WriteLock(self.directory)
@@ -189,7 +190,7 @@ class Index:
             })
             index = cls(directory, store)
             index._encoder = encoder if isinstance(encoder, Encoder) else None
-            index._vectors = index._build_vectors()
+            index._vectors = sg.SegmentedIndex(index._build_vectors())
             index._save_vectors()
         return index
 
@@ -285,7 +286,7 @@ class Index:
         return LatentError(f"cannot write to {self.directory} inside a snapshot of it in the same thread: the "
                            "snapshot holds one generation until it ends; write after the snapshot")
 
-    def _loaded_in_snapshot(self) -> vx.VectorIndex:
+    def _loaded_in_snapshot(self) -> sg.SegmentedIndex:
         if self._vectors is None:
             raise LatentError(f"the vector index of {self.directory} is not loaded in this snapshot; "
                               "open the snapshot with snapshot(vectors=True)")
@@ -370,7 +371,7 @@ class Index:
 
     # -- the vector index ---------------------------------------------------------------------
     @property
-    def vectors(self) -> vx.VectorIndex:
+    def vectors(self) -> sg.SegmentedIndex:
         """The vector index, current with the store (loaded, caught up or rebuilt as needed);
         inside a snapshot, the one at the snapshot's generation. Threads sharing this object
         search it inside a snapshot: outside one, a write of another thread may change it."""
@@ -379,31 +380,54 @@ class Index:
         with self.snapshot(vectors=True):
             return self._vectors
 
-    def _current_vectors(self) -> vx.VectorIndex:
+    def _current_vectors(self) -> sg.SegmentedIndex:
         """The vector index loaded, or caught up with writes made since (by another process);
-        under the exclusive lock of self._guard."""
+        under the exclusive lock of self._guard. After another process merged its segments into a
+        new base, the new files are loaded (the base memory-mapped) instead of catching up."""
         if self._vectors is None:
             self._vectors = self._load_vectors()
         elif self.store.generation() != self._vectors.generation:
-            self._catch_up(self._vectors)
+            self._follow_files()
         return self._vectors
 
-    def _load_vectors(self) -> vx.VectorIndex:
+    def _follow_files(self) -> None:
+        """Take in the vector files another process (or handle) wrote since ours were read: new
+        segments are loaded and attached; after a merge (a new base) or merged segments, the files
+        are read anew (the base memory-mapped). What no file holds yet is caught up from the store."""
+        vindex = self._vectors
+        if vindex.base_saved and not sg.follow(vindex, self.directory, self.store.manifest(), self.params):
+            try:
+                self._vectors = self._read_vectors()[0]
+            except IndexCorrupt:  # (as damaged as when it was loaded: catch up from the store)
+                pass
+        if self.store.generation() < self._vectors.generation:  # files newer than the store: load again
+            self._vectors = self._load_vectors()
+        elif self.store.generation() != self._vectors.generation:
+            self._catch_up(self._vectors)
+
+    def _read_vectors(self, verify: bool | None = None) -> tuple[sg.SegmentedIndex, list[str]]:
+        """The base and the segments the manifest lists, as far as they chain; (index, problems)."""
+        vindex, problems = sg.load_chain(self.directory, self.store.manifest(), params=self.params, verify=verify)
+        if vindex.dim != self.dim:
+            raise IndexCorrupt(f"{vx.FILE_NAME} holds {vindex.dim}-d vectors, the store {self.dim}-d")
+        return vindex, problems
+
+    def _load_vectors(self) -> sg.SegmentedIndex:
         try:
-            vindex = vx.VectorIndex.load(self.directory, params=self.params)
-            if vindex.dim != self.dim:
-                raise IndexCorrupt(f"{vx.FILE_NAME} holds {vindex.dim}-d vectors, the store {self.dim}-d")
+            vindex, problems = self._read_vectors()
         except IndexCorrupt as e:
             self.recovered = f"rebuilt the vector index from the store ({e})"
-            vindex = self._build_vectors()
+            vindex = sg.SegmentedIndex(self._build_vectors())
         else:
             generation = self.store.generation()
             if vindex.generation > generation:
                 self.recovered = (f"rebuilt the vector index: it claims generation {vindex.generation}, "
                                   f"newer than the store's {generation}")
-                vindex = self._build_vectors()
+                vindex = sg.SegmentedIndex(self._build_vectors())
             elif vindex.generation < generation:
                 self.recovered = f"caught the vector index up from generation {vindex.generation} to {generation}"
+                if problems:
+                    self.recovered += f" ({'; '.join(problems)})"
                 self._catch_up(vindex)
         if self.recovered and self.store.read_only:  # the repair holds in memory only
             self.recovered += "; not saved: the index is read-only for this process"
@@ -422,7 +446,7 @@ class Index:
                         self._lock.release()
         return vindex
 
-    def _catch_up(self, vindex: vx.VectorIndex) -> None:
+    def _catch_up(self, vindex: sg.SegmentedIndex) -> None:
         with self.store.snapshot():
             generation = self.store.generation()
             removed = self.store.deleted_since(vindex.generation)
@@ -622,8 +646,10 @@ class Index:
             self._record_tuning()
         return record
 
-    def _replace_vectors(self, vindex: vx.VectorIndex) -> None:
-        """Swap in a vector index built from the store, at the generation of the one it replaces."""
+    def _replace_vectors(self, vindex: vx.VectorIndex | sg.SegmentedIndex) -> None:
+        """Swap in a vector index built from the store (a new base, not yet saved)."""
+        if isinstance(vindex, vx.VectorIndex):
+            vindex = sg.SegmentedIndex(vindex)
         with self._guard.exclusive():
             self._vectors = vindex
 
@@ -638,21 +664,129 @@ class Index:
             vindex.add(ids, vectors)
         vindex.generation = generation
 
-    def _save_vectors(self) -> None:
+    def _save_vectors(self, progress: Progress = _no_progress) -> None:
+        """Write what is only in memory: a new base, then the open segment (the writes since the
+        last file); merge segments of similar size; record the live files in the manifest and
+        delete the files it no longer lists. Never rewrites a base that is on disk."""
         vindex = self._vectors
-
-        def record(crc: int) -> None:  # inside the save: if this fails, the previous file is put back
-            self.store.set_manifest(vectors_generation=vindex.generation, vectors_crc32=crc,
-                                    vectors_factory=vindex.factory)
-
         try:
             with self._guard.shared():  # searches may run meanwhile, changes may not
-                vindex.save(self.directory, vindex.generation, on_saved=record)
+                if not vindex.base_saved:
+                    self._write_base(vindex, vindex.base)
+                if vindex.generation != vindex.saved_generation or (
+                        vindex.segments and vindex.segments[-1].name is None):
+                    tail = vindex._tail()
+                    tail.generation = vindex.generation
+                    self._write_segment(vindex, tail)
+            while (run := vindex.tier_run()) is not None:
+                merged = vindex.merged_tier(*run)
+                with self._guard.shared():
+                    self._write_segment(vindex, merged, replacing=run)
+                with self._guard.exclusive():
+                    vindex.replace_run(*run, merged)
         except OSError as e:
             raise StorageError(
-                f"could not write {self.directory / vx.FILE_NAME} ({e.strerror or e}); the previous file is left as "
-                "it was and everything committed to latent.db is kept: the vector index is brought up to date "
-                "from latent.db when the index is next opened, or by `latent rebuild` once there is room") from e
+                f"could not write the vector index files in {self.directory} ({e.strerror or e}); the files "
+                "written before are left as they were and everything committed to latent.db is kept: the vector "
+                "index is brought up to date from latent.db when the index is next opened, or by "
+                "`latent rebuild` once there is room") from e
+        sg.remove_unlisted(self.directory, self.store.manifest())
+
+    def _record_files(self, vindex: sg.SegmentedIndex, segments: list[sg.Segment], generation: int,
+                      **more) -> None:
+        self.store.set_manifest(vectors_generation=generation, vectors_factory=vindex.factory,
+                                vectors_segments=[s.entry() for s in segments], **more)
+
+    def _write_base(self, vindex: sg.SegmentedIndex, base: vx.VectorIndex) -> None:
+        """Write `base` as vectors.faiss; the manifest then lists no segments (the base holds them)."""
+
+        def record(crc: int) -> None:  # inside the save: if this fails, the previous file is put back
+            failpoints.hit("merge-renamed")
+            self._record_files(vindex, [], base.generation, vectors_crc32=crc)
+            vindex.base_crc = crc
+
+        base.save(self.directory, base.generation, on_saved=record, tombstones=vindex.base_tombstones)
+        vindex.base_saved = True
+
+    def _write_segment(self, vindex: sg.SegmentedIndex, segment: sg.Segment,
+                       replacing: tuple[int, int] | None = None) -> None:
+        name = sg.segment_name(segment.since, segment.generation)
+        kept = [s for s in vindex.segments if s.name is not None]
+        if replacing is not None:
+            listed = kept[:replacing[0]] + [segment] + kept[replacing[1] + 1:]
+        else:
+            listed = kept + [segment]
+
+        def record(crc: int) -> None:
+            segment.name, segment.crc = name, crc
+            self._record_files(vindex, listed, listed[-1].generation)
+
+        try:
+            segment.vindex.save(self.directory, segment.generation, on_saved=record, name=name,
+                                since=segment.since, tombstones=segment.removed)
+        except BaseException:
+            segment.name = segment.crc = None
+            raise
+
+    def _merge_vectors(self, progress: Progress = _no_progress, *, rebuild: bool = False) -> dict:
+        """Merge the segments into a new base (see indexer/segments.py): the base is built again from
+        the store when its index type changes, is due for tuning, or `rebuild`; otherwise the segments'
+        vectors are added to a copy of it. Crash-safe: the old base and segments stay listed until the
+        new base is durable. Under the write lock."""
+        vindex = self._vectors
+        n = self.store.count()
+        before = {"segments": len(vindex.segments), "segment_items": vindex.segment_items,
+                  "factory": vindex.factory}
+        failpoints.hit("merge-start")
+        if rebuild or vindex.wants_rebuild(self.index_type, n) or tuning.wants_retune(self.manifest, n) \
+                or not vindex.base_saved:
+            how = "rebuilt"  # from the store, at the writer's generation (it holds the lock)
+            merged = sg.SegmentedIndex(self._build_vectors(progress, tune=True))
+        else:
+            how = "merged"
+            copy = vx.read_file(self.directory / vx.FILE_NAME, params=self.params, verify=False)[0]
+            progress("merge", 0, vindex.segment_items)
+            with self._guard.shared():
+                base = vindex.merged_base(copy, lambda m: progress("merge", m, vindex.segment_items))
+            merged = sg.SegmentedIndex(base)
+        self._write_base(merged, merged.base)
+        self._record_tuning()
+        try:  # searched from the file, memory-mapped, rather than from the copy in memory
+            mapped = vx.read_file(self.directory / vx.FILE_NAME, params=self.params, mmap=True, verify=False)[0]
+            if (mapped.generation, mapped.ntotal) == (merged.generation, merged.ntotal):
+                merged = sg.SegmentedIndex(mapped, base_saved=True, base_crc=merged.base_crc)
+        except IndexCorrupt:
+            pass
+        self._replace_vectors(merged)
+        failpoints.hit("merge-recorded")
+        sg.remove_unlisted(self.directory, self.store.manifest())
+        return {**before, "how": how, "items": merged.ntotal, "factory_after": merged.factory,
+                "generation": merged.generation}
+
+    def _maybe_merge(self, progress: Progress = _no_progress) -> bool:
+        vindex = self._vectors
+        n = self.store.count()
+        ratio, minimum = sg.merge_policy(self.manifest)
+        if vindex.merge_due(self.index_type, n, ratio, minimum) or tuning.wants_retune(self.manifest, n):
+            self._merge_vectors(progress)
+            return True
+        return False
+
+    def compact(self, *, progress: Progress = _no_progress) -> dict:
+        """Merge every segment into the base now (`latent compact`); returns what was merged."""
+        self.store.require_writable("compacting")
+        with self._writer():
+            self.manifest = self.store.manifest()
+            _ = self.vectors
+            with self._guard.exclusive():
+                self._follow_files()
+            if not self._vectors.segments and self._vectors.base_saved and not self._vectors.wants_rebuild(
+                    self.index_type, self.store.count()):
+                return {"segments": 0, "segment_items": 0, "how": "nothing to merge", "items": self._vectors.ntotal,
+                        "factory": self._vectors.factory, "factory_after": self._vectors.factory,
+                        "generation": self._vectors.generation}
+            self._save_vectors()
+            return self._merge_vectors(progress)
 
     # -- writes ---------------------------------------------------------------------------------
     @contextmanager
@@ -676,6 +810,8 @@ class Index:
         try:
             self.manifest = self.store.manifest()
             _ = self.vectors  # load and catch up under the lock
+            with self._guard.exclusive():  # the files as they are now (another handle may have merged)
+                self._follow_files()
         except BaseException:
             self._lock.release()
             raise
@@ -684,15 +820,13 @@ class Index:
         try:
             vindex = self._vectors
             if vindex is not None:
-                n = self.store.count()
-                rebuilt = vindex.wants_rebuild(self.index_type, n) or tuning.wants_retune(self.manifest, n)
-                if rebuilt:
-                    self._replace_vectors(self._build_vectors(progress, tune=True))
-                elif tuning.wants_check(self.manifest, n):
-                    self._check_tuning(progress)
-                if rebuilt or self._vectors.generation != self.store.manifest().get("vectors_generation"):
-                    self._save_vectors()
+                merged = vindex.base_saved and self._maybe_merge(progress)
+                if not merged and tuning.wants_check(self.manifest, self.store.count()):
+                    self._check_tuning(progress)  # the grown index's recall, without a rebuild
                     self._record_tuning()
+                if not merged and (vindex.generation != self.store.manifest().get("vectors_generation")
+                                   or not vindex.base_saved):
+                    self._save_vectors()
             self.store.checkpoint()
         finally:
             self._lock.release()
@@ -767,6 +901,7 @@ class Index:
                 batch = []
                 if time.monotonic() - last_save > save_every:
                     self._save_vectors()
+                    self._maybe_merge(progress)
                     self.store.checkpoint()
                     last_save = time.monotonic()
         if batch:
@@ -1098,7 +1233,9 @@ class Index:
             "target_recall": manifest.get("target_recall"),
             "tuning": {k: ({n: x for n, x in v.items() if n != "pairs"} if k == "probe" else v)
                        for k, v in (manifest.get("tuning") or {}).items() if k != "tried"} or None,
-            "generation": manifest["generation"], "vectors_generation": header.get("generation"),
+            "generation": manifest["generation"], "vectors_generation": manifest.get("vectors_generation"),
+            "vectors_segments": len(sg.listed_files(manifest)),
+            "segment_items": sum(int(e.get("ntotal") or 0) for e in sg.listed_files(manifest)),
             "size_bytes": size, "skipped_inputs": self.store.skipped_count(),
             "created": manifest.get("created"), "format_version": manifest.get("format_version"),
         }
@@ -1121,9 +1258,18 @@ class Index:
         # A writer may commit and save while this runs. Read in the order writes happen backwards
         # (the recorded generation, then the file, then the store), so that recorded <= file <= store
         # holds unless something is damaged, and compare ids within one snapshot of the store.
-        recorded = self.store.manifest().get("vectors_generation")
+        manifest = self.store.manifest()
+        recorded = manifest.get("vectors_generation")
+        file_problems: list[str] = []
         try:
-            vindex, load_error = vx.VectorIndex.load(self.directory, params=self.params), None
+            vindex, file_problems = sg.load_chain(self.directory, manifest, params=self.params, verify=True)
+            load_error = None
+            for entry in sg.listed_files(manifest):  # every listed file, also past a break in the chain
+                try:
+                    vx.read_header(self.directory / entry["name"], with_payload=True)
+                except IndexCorrupt as e:
+                    if not any(str(e) in p for p in file_problems):
+                        file_problems.append(str(e))
         except IndexCorrupt as e:
             vindex, load_error = None, e
         with self.store.snapshot():
@@ -1149,10 +1295,13 @@ class Index:
         if counts is not None and counts[0] != counts[1]:
             problems.append(f"the keyword index holds {counts[0]:,} texts, the store {counts[1]:,}; "
                             "`latent rebuild` makes it again")
+        for problem in file_problems:
+            problems.append(f"segment file: {problem} (opening the index catches it up from the store)")
         if vindex is None:
             problems.append(f"{load_error} (opening the index also rebuilds it)")
         else:
             facts["vectors_generation"] = file_generation
+            facts["vectors_segments"] = len(vindex.segments)
             if vindex.dim != self.dim:
                 problems.append(f"{vx.FILE_NAME} holds {vindex.dim}-d vectors, the store {self.dim}-d; "
                                 "run `latent rebuild`")

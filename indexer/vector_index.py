@@ -1,8 +1,10 @@
 """The vector index: FAISS over item ids, derived from the store and rebuildable.
 
-All FAISS calls of latent live here. The file `vectors.faiss` is a small header
-(generation, factory, CRC-32) followed by removed-but-unpurged ids and the FAISS
-bytes; it is written to a temporary file, fsynced and moved into place.
+All FAISS calls of latent live here. A vector index file (the base `vectors.faiss`, and
+each delta segment, see indexer/segments.py) holds the plain FAISS bytes, so that FAISS
+can memory-map it, followed by removed-but-unpurged ids and a small trailer header
+(generation range, factory, CRC-32); it is written to a temporary file, fsynced and moved
+into place.
 """
 
 from __future__ import annotations
@@ -318,60 +320,109 @@ class VectorIndex:
         return params
 
     # -- files ---------------------------------------------------------------------------------
-    def save(self, directory: Path, generation: int, *, on_saved: Callable[[int], None] | None = None) -> int:
-        """Write atomically (temp file, fsync, rename, fsync dir). Returns the CRC-32 recorded.
-
-        `on_saved(crc)` runs once the new file is durable (the store records it there). On
-        any failure up to and including `on_saved` (a full disk, an I/O error), the previous
-        file is left byte-identical and no temporary file remains: after the rename, the
-        previous file is put back from a hard link made before it. The caller holds the
-        write lock, so temporary files found here are left by killed writers.
-        """
-        directory = Path(directory)
-        for stale in [*directory.glob(f".{FILE_NAME}.tmp-*"), *directory.glob(f".{FILE_NAME}.old-*")]:
-            stale.unlink(missing_ok=True)
-        parts = [self.tombstones.astype("<i8").tobytes(), memoryview(faiss.serialize_index(self.index))]
-        fields = {"format": FILE_FORMAT, "generation": int(generation), "factory": self.factory, "dim": self.dim,
-                  "ntotal": self.ntotal, "tombstones": len(self.tombstones), "bytes": sum(len(p) for p in parts)}
-        crc = _checksum(fields, *parts)  # the parts are written as they are: no joined copy of the index
-        header = json.dumps({**fields, "crc32": crc}).encode()
-        target = directory / FILE_NAME
-        tmp = directory / f".{FILE_NAME}.tmp-{os.getpid()}"
-        backup = directory / f".{FILE_NAME}.old-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(MAGIC + struct.pack("<I", len(header)) + header)
-                for part in parts:
-                    f.write(part)
-                f.flush()
-                failpoints.hit("vectors-written")
-                os.fsync(f.fileno())
-            failpoints.hit("vectors-synced")
-            try:
-                os.link(target, backup)
-            except OSError:  # no previous file, or a file system without hard links
-                backup = None
-            os.replace(tmp, target)
-            try:
-                failpoints.hit("vectors-renamed")
-                _fsync_dir(directory)
-                if on_saved is not None:
-                    on_saved(crc)
-            except Exception:
-                if backup is not None:
-                    os.replace(backup, target)
-                raise
-        finally:
-            for leftover in (tmp, backup):
-                if leftover is not None and os.path.lexists(leftover):
-                    os.unlink(leftover)
+    def save(self, directory: Path, generation: int, *, on_saved: Callable[[int], None] | None = None,
+             name: str = FILE_NAME, since: int = 0, tombstones: np.ndarray | None = None) -> int:
+        """Write this index as the file `name` (see write_file); returns the CRC-32 recorded."""
+        crc = write_file(Path(directory) / name, self.index, factory=self.factory, dim=self.dim,
+                         generation=generation, since=since,
+                         tombstones=self.tombstones if tombstones is None else tombstones, on_saved=on_saved)
         self.generation = int(generation)
         return crc
 
     @classmethod
-    def load(cls, directory: Path, *, params: dict | None = None) -> "VectorIndex":
-        """Read and verify `vectors.faiss`; IndexCorrupt when it is damaged (checked before FAISS parses it)."""
-        path = Path(directory) / FILE_NAME
+    def load(cls, directory: Path, *, params: dict | None = None, name: str = FILE_NAME,
+             mmap: bool = False, verify: bool = True) -> "VectorIndex":
+        """Read a vector index file (see read_file); IndexCorrupt when it is damaged."""
+        return read_file(Path(directory) / name, params=params, mmap=mmap, verify=verify)[0]
+
+
+# -- the file format ------------------------------------------------------------------------------
+# Format 2 (written since the segmented vector files): the plain FAISS bytes first, so FAISS can
+# read or memory-map the file itself, then the removed-but-unpurged ids, then the JSON header,
+# its length (u32) and MAGIC2. FAISS reads what it needs from the start and ignores the rest.
+# Format 1 (read only, `vectors.faiss` of earlier versions): MAGIC, u32 length, JSON header, ids, FAISS bytes.
+MAGIC2 = b"LATENTV2"
+FILE_FORMAT_2 = 2
+_TRAILER = 12  # u32 header length + MAGIC2
+_CRC_CHUNK = 16 << 20
+# Files larger than this, memory-mapped for reading, are checked by their header and exact size
+# only when loaded (reading 1.8 GiB to checksum it is what memory-mapping avoids); `latent check`
+# reads and checks every byte of every file. $LATENT_VERIFY_MAX_BYTES overrides it.
+VERIFY_MAX_BYTES = 256 << 20
+
+
+def _verify_limit() -> int:
+    value = os.environ.get("LATENT_VERIFY_MAX_BYTES")
+    return int(value) if value and value.isdigit() else VERIFY_MAX_BYTES
+
+
+def write_file(path: Path, index: faiss.Index, *, factory: str, dim: int, generation: int, since: int = 0,
+               tombstones: np.ndarray | None = None, on_saved: Callable[[int], None] | None = None) -> int:
+    """Write a format-2 file atomically (temp file, fsync, rename, fsync dir); return its CRC-32.
+
+    `on_saved(crc)` runs once the new file is durable (the store records it there). On any
+    failure up to and including `on_saved` (a full disk, an I/O error), a previous file of that
+    name is left byte-identical and no temporary file remains: after the rename, the previous
+    file is put back from a hard link made before it. The caller holds the write lock, so
+    temporary files found here are left by killed writers.
+    """
+    path = Path(path)
+    directory, name = path.parent, path.name
+    for stale in [*directory.glob(f".{name}.tmp-*"), *directory.glob(f".{name}.old-*")]:
+        stale.unlink(missing_ok=True)
+    tombs = np.unique(np.asarray(tombstones if tombstones is not None else [], dtype=np.int64)).astype("<i8").tobytes()
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    backup = directory / f".{name}.old-{os.getpid()}"
+    try:
+        faiss.write_index(index, str(tmp))  # straight to the file: no copy of the index in memory
+        with open(tmp, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            fields = {"format": FILE_FORMAT_2, "generation": int(generation), "since": int(since),
+                      "factory": factory, "dim": int(dim), "ntotal": int(index.ntotal),
+                      "tombstones": len(tombs) // 8, "bytes": size + len(tombs)}
+            crc = _checksum(fields)
+            f.seek(0)
+            while chunk := f.read(_CRC_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+            crc = zlib.crc32(tombs, crc)
+            header = json.dumps({**fields, "crc32": crc}).encode()
+            f.seek(0, os.SEEK_END)
+            f.write(tombs + header + struct.pack("<I", len(header)) + MAGIC2)
+            f.flush()
+            failpoints.hit("vectors-written")
+            os.fsync(f.fileno())
+        failpoints.hit("vectors-synced")
+        try:
+            os.link(path, backup)
+        except OSError:  # no previous file, or a file system without hard links
+            backup = None
+        os.replace(tmp, path)
+        try:
+            failpoints.hit("vectors-renamed")
+            _fsync_dir(directory)
+            if on_saved is not None:
+                on_saved(crc)
+        except Exception:
+            if backup is not None:
+                os.replace(backup, path)
+            raise
+    finally:
+        for leftover in (tmp, backup):
+            if leftover is not None and os.path.lexists(leftover):
+                os.unlink(leftover)
+    return crc
+
+
+def read_file(path: Path, *, params: dict | None = None, mmap: bool = False,
+              verify: bool | None = True) -> tuple[VectorIndex, dict]:
+    """(the index, its header) of a vector index file of either format; IndexCorrupt when damaged.
+
+    With `mmap`, a format-2 file is memory-mapped read-only (FAISS's IO_FLAG_MMAP_IFC): nothing
+    is read until searched, and an atomic rename of a newer file over it leaves the mapping
+    valid. `verify=None` checks the CRC unless the file is larger than VERIFY_MAX_BYTES."""
+    path = Path(path)
+    header, payload = read_header(path, with_payload=False)
+    if header["format"] == FILE_FORMAT:  # format 1: header first, checked, parsed from memory
         header, payload = read_header(path, with_payload=True)
         ntomb = int(header["tombstones"])
         tombstones = np.frombuffer(payload[: 8 * ntomb], dtype="<i8").astype(np.int64)
@@ -379,43 +430,95 @@ class VectorIndex:
             index = faiss.deserialize_index(np.frombuffer(payload[8 * ntomb:], dtype=np.uint8))
         except RuntimeError as e:
             raise IndexCorrupt(f"{path} cannot be parsed by FAISS ({str(e)[:120]}); run `latent rebuild`") from e
-        vindex = cls(index, header["factory"], int(header["dim"]), generation=int(header["generation"]),
-                     tombstones=tombstones, params=params)
-        if index.d != vindex.dim:
-            raise IndexCorrupt(f"{path} holds {index.d}-d vectors, its header says {vindex.dim}; run `latent rebuild`")
-        if vindex.ntotal != int(header["ntotal"]):
-            raise IndexCorrupt(f"{path} holds {vindex.ntotal} vectors, its header says {header['ntotal']}; "
-                               "run `latent rebuild`")
-        return vindex
+    else:
+        faiss_bytes = int(header["bytes"]) - 8 * int(header["tombstones"])
+        if verify or (verify is None and header["bytes"] <= _verify_limit()):
+            _verify_crc(path, header)
+        with open(path, "rb") as f:
+            f.seek(faiss_bytes)
+            tombstones = np.frombuffer(f.read(8 * int(header["tombstones"])), dtype="<i8").astype(np.int64)
+        flags = (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
+        try:
+            index = faiss.read_index(str(path), flags)
+        except RuntimeError as e:
+            if not mmap:
+                raise IndexCorrupt(f"{path} cannot be parsed by FAISS ({str(e)[:120]}); run `latent rebuild`") from e
+            return read_file(path, params=params, mmap=False, verify=False)  # a type FAISS cannot map
+    vindex = VectorIndex(index, header["factory"], int(header["dim"]), generation=int(header["generation"]),
+                         tombstones=tombstones, params=params)
+    if index.d != vindex.dim:
+        raise IndexCorrupt(f"{path} holds {index.d}-d vectors, its header says {vindex.dim}; run `latent rebuild`")
+    if vindex.ntotal != int(header["ntotal"]):
+        raise IndexCorrupt(f"{path} holds {vindex.ntotal} vectors, its header says {header['ntotal']}; "
+                           "run `latent rebuild`")
+    return vindex, header
+
+
+def _verify_crc(path: Path, header: dict) -> None:
+    fields = {k: v for k, v in header.items() if k != "crc32"}
+    crc, left = _checksum(fields), int(header["bytes"])
+    with open(path, "rb") as f:
+        while left > 0:
+            chunk = f.read(min(_CRC_CHUNK, left))
+            if not chunk:
+                break
+            crc, left = zlib.crc32(chunk, crc), left - len(chunk)
+    if left or crc != header["crc32"]:
+        raise IndexCorrupt(f"{path} is truncated or damaged (checksum mismatch); run `latent rebuild`")
 
 
 def read_header(path: Path, *, with_payload: bool = False) -> tuple[dict, bytes]:
-    """Parse and verify the header (and CRC, when the payload is read) of a vector index file."""
+    """Parse and verify the header of a vector index file of either format (and its CRC, with
+    `with_payload`; the payload itself is returned for format 1 only)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             head = f.read(12)
-            if len(head) < 12 or head[:8] != MAGIC:
-                raise IndexCorrupt(f"{path} is not a latent vector index file; run `latent rebuild`")
-            (length,) = struct.unpack("<I", head[8:])
-            if length > 1 << 20:
-                raise IndexCorrupt(f"{path} has a damaged header; run `latent rebuild`")
-            header = json.loads(f.read(length))
-            payload = f.read() if with_payload else b""
+            if len(head) == 12 and head[:8] == MAGIC:
+                header, payload = _header_v1(f, path, head, with_payload)
+            else:
+                size = f.seek(0, os.SEEK_END)
+                if size < _TRAILER:
+                    raise IndexCorrupt(f"{path} is not a latent vector index file; run `latent rebuild`")
+                f.seek(size - _TRAILER)
+                tail = f.read(_TRAILER)
+                (length,) = struct.unpack("<I", tail[:4])
+                if tail[4:] != MAGIC2:
+                    raise IndexCorrupt(f"{path} is not a latent vector index file (or is truncated); "
+                                       "run `latent rebuild`")
+                if length > 1 << 20 or length > size - _TRAILER:
+                    raise IndexCorrupt(f"{path} has a damaged header; run `latent rebuild`")
+                f.seek(size - _TRAILER - length)
+                header, payload = json.loads(f.read(length)), b""
+                if isinstance(header, dict) and isinstance(header.get("bytes"), int) and \
+                        header["bytes"] + length + _TRAILER != size:
+                    raise IndexCorrupt(f"{path} is truncated or damaged (its size does not match its header); "
+                                       "run `latent rebuild`")
     except FileNotFoundError:
         raise IndexCorrupt(f"{path} is missing; run `latent rebuild`") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise IndexCorrupt(f"{path} has a damaged header ({e}); run `latent rebuild`") from None
-    if not isinstance(header, dict) or header.get("format") != FILE_FORMAT:
+    if not isinstance(header, dict) or header.get("format") not in (FILE_FORMAT, FILE_FORMAT_2):
         raise IndexCorrupt(f"{path} has an unknown format; run `latent rebuild`")
-    missing = [k for k in _HEADER_FIELDS if not isinstance(header.get(k), str if k == "factory" else int)]
+    wanted = _HEADER_FIELDS + (("since",) if header["format"] == FILE_FORMAT_2 else ())
+    missing = [k for k in wanted if not isinstance(header.get(k), str if k == "factory" else int)]
     if missing:
         raise IndexCorrupt(f"{path} has a damaged header (bad {', '.join(missing)}); run `latent rebuild`")
-    if with_payload:
+    if with_payload and header["format"] == FILE_FORMAT:
         fields = {k: v for k, v in header.items() if k != "crc32"}
         if len(payload) != header["bytes"] or _checksum(fields, payload) != header["crc32"]:
             raise IndexCorrupt(f"{path} is truncated or damaged (checksum mismatch); run `latent rebuild`")
+    elif with_payload:
+        _verify_crc(path, header)
     return header, payload
+
+
+def _header_v1(f, path: Path, head: bytes, with_payload: bool) -> tuple[dict, bytes]:
+    (length,) = struct.unpack("<I", head[8:])
+    if length > 1 << 20:
+        raise IndexCorrupt(f"{path} has a damaged header; run `latent rebuild`")
+    header = json.loads(f.read(length))
+    return header, (f.read() if with_payload else b"")
 
 
 def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int, *,

@@ -9,7 +9,9 @@ in-process, read it (and sometimes write it) from a fresh process, use a second,
 long-lived handle that must catch up with writes it did not make (and writes
 itself), share the one object between reader threads and a writer thread (flat
 and HNSW: each reader must see the index before the write or after it), and
-rebuild. After every step the index is compared with a plain
+rebuild; merge the delta segments into the base (`compact`, and the writes themselves, with a
+small merge threshold), and check that the segment files on disk are those the manifest lists.
+After every step the index is compared with a plain
 dict/numpy model: count, keys, ids, stored vectors, metadata, `check()`, the
 vector file's generation and factory, and searches against brute force (exact
 types: the same ranking up to float ties; approximate types: recall@10 >= 0.95
@@ -41,6 +43,7 @@ from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+import latent.indexer.segments as sg
 import latent.indexer.vector_index as vx
 from latent.indexer import Index, LatentError, get_encoder
 from latent.search.query import MAX_K, search, search_vectors, similar
@@ -170,6 +173,7 @@ class IndexMachine(RuleBasedStateMachine):
     QUERY_SPECIALS = ("copy", "neg", "scale")  # what random queries may be replaced by
     CLUSTERS = 0  # 0: isotropic Gaussian vectors; n: a mixture of n Gaussian clusters (as real embeddings are)
     THREADED = False  # whether the rule sharing the object between threads runs
+    MERGE_MIN = 60  # segments merge into the base past this many items (and a tenth of the base)
 
     def __init__(self):
         super().__init__()
@@ -178,6 +182,7 @@ class IndexMachine(RuleBasedStateMachine):
         # and trainings 50-100x slower. Restored in teardown.
         self._omp_threads = vx.faiss.omp_get_max_threads()
         vx.faiss.omp_set_num_threads(1)
+        self._merge_min, sg.MERGE_MIN = sg.MERGE_MIN, self.MERGE_MIN
         self.tmp = Path(tempfile.mkdtemp(prefix="latent-stateful-"))
         self.directory = self.tmp / "idx"
         self.index = Index.create(self.directory, encoder=ENCODER, index_type=self.INDEX_TYPE,
@@ -202,6 +207,7 @@ class IndexMachine(RuleBasedStateMachine):
                 handle.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
         vx.faiss.omp_set_num_threads(self._omp_threads)
+        sg.MERGE_MIN = self._merge_min
 
     # -- model helpers -----------------------------------------------------------------------------------
     def raw(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -633,6 +639,15 @@ class IndexMachine(RuleBasedStateMachine):
         expected = self.target if not self.threshold or n >= self.threshold else "Flat"
         assert factory == expected, f"rebuilt {n} items as {factory}, expected {expected}"
 
+    @rule()
+    def compact(self):
+        """Merge every segment into the base: searches must not change (but for approximate ties)."""
+        before = len(self.index.vectors.segments)
+        done = self.index.compact()
+        assert not self.index.vectors.segments and done["segments"] == before
+        assert not list(self.directory.glob("vectors-*.seg")), "merged segment files were left behind"
+        event(f"{self.INDEX_TYPE}: compact {done['how']}")
+
     @precondition(lambda self: self.steps >= self.next_subprocess)
     @rule(data=st.data())
     def fresh_process(self, data):
@@ -714,6 +729,8 @@ class IndexMachine(RuleBasedStateMachine):
         vindex = index.vectors
         assert np.array_equal(vindex.ids(), index.store.ids()), "FAISS ids differ from the store's"
         header, _ = vx.read_header(self.directory / vx.FILE_NAME)
+        listed = {e["name"] for e in sg.listed_files(index.store.manifest())}
+        assert listed == {p.name for p in self.directory.glob("vectors-*.seg")}, "segment files differ from the list"
         n = len(self.model)
         if self.threshold == 0:
             assert header["factory"] == self.target
@@ -721,7 +738,8 @@ class IndexMachine(RuleBasedStateMachine):
             assert header["factory"] == self.target, f"{n} items still in a {header['factory']} index"
         else:
             assert header["factory"] in ("Flat", self.target)
-        event(f"{self.INDEX_TYPE}: factory {vindex.factory}, tombstones {'yes' if len(vindex.tombstones) else 'no'}")
+        event(f"{self.INDEX_TYPE}: factory {vindex.factory}, tombstones {'yes' if len(vindex.tombstones) else 'no'}, "
+              f"segments {min(len(vindex.segments), 3)}{'+' if len(vindex.segments) > 3 else ''}")
 
     @invariant()
     def probe_searches(self):

@@ -4,7 +4,8 @@ Shared by tests/system/test_kill.py (25 runs in CI) and benchmarks/bench_kill.py
 Every run starts the real `latent add -v` command on a fresh slice of GloVe words,
 SIGKILLs it (after a random delay, or through a failpoint: after a SQLite commit, after
 the temporary vectors file is written, after its fsync = before the rename, after the
-rename), and then checks, before anything repairs the index:
+rename; with merge_points, at the start of a merge of the segments into a new base, after the
+new base is in place, after the manifest lists it), and then checks, before anything repairs the index:
 
 - `latent check` passes (SQLite integrity_check ok, no damaged rows, the vectors file is
   intact and, once caught up in memory, holds exactly the store's ids);
@@ -38,6 +39,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 POINTS = ("commit", "vectors-written", "vectors-synced", "vectors-renamed")
+MERGE_POINTS = ("merge-start", "merge-renamed", "merge-recorded")  # a merge of segments into a new base
+# Small merge thresholds, so that every run merges its segments into the base several times.
+MERGE_ENV = {"LATENT_MERGE_MIN": "200", "LATENT_MERGE_RATIO": "0.02"}
 COMMITTED = re.compile(r"committed generation (\d+): (\d+) items")
 
 
@@ -67,6 +71,7 @@ class KillHarness:
     per_run: int = 2000
     batch: int = 50
     seed: int = 0
+    points: tuple = POINTS  # the failpoints the plan spreads its kills over
     offered: int = 0  # words[:offered] have been given to some run
     committed: set = field(default_factory=set)
     runs: list = field(default_factory=list)
@@ -86,7 +91,7 @@ class KillHarness:
         # a failpoint run saves after every batch, so that its N-th save surely comes; a random-moment run
         # saves every 50 ms, so that kills also land between saves
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "LATENT_SAVE_EVERY_S": "0" if failpoint else "0.05",
-               "LATENT_LOCK_TIMEOUT": "10"}
+               "LATENT_LOCK_TIMEOUT": "10", **MERGE_ENV}
         env.pop("LATENT_FAILPOINTS", None)
         if failpoint:
             env["LATENT_FAILPOINTS"] = failpoint
@@ -99,8 +104,9 @@ class KillHarness:
             if i % 2 == 0:
                 plan.append(("random", ""))
             else:
-                point = POINTS[(i // 2) % len(POINTS)]
-                hit = self.rng.randint(1, self.per_run // self.batch) if point == "commit" else self.rng.randint(1, 3)
+                point = self.points[(i // 2) % len(self.points)]
+                hit = self.rng.randint(1, self.per_run // self.batch) if point == "commit" else \
+                    self.rng.randint(1, 2 if point in MERGE_POINTS else 3)
                 plan.append((point, str(hit)))
         return plan
 

@@ -137,12 +137,15 @@ def next_line(lines: queue.Queue, timeout: float, what: str) -> str:
 
 
 # -- the writer ------------------------------------------------------------------------------------
-# Both writing children: vectors.faiss is replaced after every committed batch, and `saves` counts it.
+# Both writing children: vectors.faiss is replaced after every committed batch (each batch's segment
+# merges into a new base at once: merge threshold 0), and `saves` counts the files written.
 SAVING_EVERY_BATCH = textwrap.dedent("""
     import latent.indexer.index as ix
+    import latent.indexer.segments as sg
     import latent.indexer.vector_index as vx
 
     ix.SAVE_EVERY_S = 0
+    sg.MERGE_MIN, sg.MERGE_RATIO = 0, 0.0
     saves = 0
     real_save = vx.VectorIndex.save
 

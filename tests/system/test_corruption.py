@@ -86,14 +86,16 @@ TRIAL_CHILD = textwrap.dedent("""
 
     directory, trials, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     healthy = (directory / "vectors.faiss").read_bytes()
+    store = (directory / "latent.db").read_bytes()
     older = [Path(p).read_bytes() for p in sys.argv[4:]]
     expected = json.loads((directory / "expected.json").read_text())
     parsed = []
-    real = faiss.deserialize_index
-    def counting(data):
-        parsed.append(1)
-        return real(data)
-    faiss.deserialize_index = counting
+    real = faiss.read_index
+    def counting(*args):
+        if str(args[0]).endswith("vectors.faiss"):  # the damaged base (segment files are whole)
+            parsed.append(1)
+        return real(*args)
+    faiss.read_index = counting
     rng = random.Random(seed)
     out = []
     for trial in range(trials):
@@ -113,25 +115,30 @@ TRIAL_CHILD = textwrap.dedent("""
         out.append({"trial": trial, "kind": kind, "check_ok": report["ok"], "problems": report["problems"],
                     "parsed_damaged": parsed_damaged, "recovered": recovered, "equal": got == expected,
                     "ok_after": after["ok"]})
-        path.write_bytes(healthy)
+        path.write_bytes(healthy)  # and the store (whose manifest lists the repair's segment) as it was
+        for leftover in [*directory.glob("vectors-*.seg"), *directory.glob("latent.db-*")]:
+            leftover.unlink()
+        (directory / "latent.db").write_bytes(store)
     print(json.dumps(out))
 """)
 
 
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory, glove_words):
-    """A flat GloVe index after three writes, the vectors files of the earlier generations,
-    and the search results to expect."""
+    """A flat GloVe index after three writes, each compacted (so that the base vectors.faiss holds
+    every item), the base files of the earlier generations, and the search results to expect."""
     base = tmp_path_factory.mktemp("corruption")
     directory = base / "idx"
     older = []
     with Index.create(directory, encoder="glove", index_type="flat") as index:
         for lo in range(100, 1900, 600):
             index.add(word_records(glove_words[lo:lo + 600]))
+            index.compact()
             copy = base / f"gen-{len(older)}.faiss"
             shutil.copy(directory / vx.FILE_NAME, copy)
             older.append(copy)
         index.delete(glove_words[200:220])
+        index.compact()
         expected = results(index)
     (directory / "expected.json").write_text(json.dumps(expected))
     return directory, older, json.loads(json.dumps(expected))
@@ -173,6 +180,7 @@ WAL_CHILD = textwrap.dedent("""
     index = Index.open(sys.argv[1])
     index.store.db.execute("PRAGMA wal_autocheckpoint = 0")  # keep the commits in the -wal file
     index.add([Record(text=w, key=w, kind="word") for w in sys.argv[2:]], batch_size=10)  # commits, then saves
+    index.compact()  # a new base vectors.faiss, of the generation the lost -wal holds
     os.kill(os.getpid(), signal.SIGKILL)  # no checkpoint, no close: the commits live only in the -wal
 """)
 
@@ -301,10 +309,11 @@ def test_vectors_file_is_never_parsed_when_its_checksum_fails(healthy, tmp_path,
     shutil.copytree(directory, work)
     path = work / vx.FILE_NAME
     raw = bytearray(path.read_bytes())
-    raw[-5] ^= 0xFF
+    raw[100] ^= 0xFF
     path.write_bytes(bytes(raw))
     calls = []
     monkeypatch.setattr(vx.faiss, "deserialize_index", lambda data: calls.append(1))
+    monkeypatch.setattr(vx.faiss, "read_index", lambda *args: calls.append(1))
     with pytest.raises(IndexCorrupt, match="checksum"):
         vx.VectorIndex.load(work)
     assert calls == []

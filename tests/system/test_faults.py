@@ -126,7 +126,7 @@ def arm(monkeypatch, inject: Injector, command: str = "", log: SaveLog | None = 
 
         def faulty_open(path, mode="r", *args, **kwargs):
             f = real_open(path, mode, *args, **kwargs)
-            return _FaultyFile(f, inject) if "w" in mode else f
+            return _FaultyFile(f, inject) if "w" in mode or "+" in mode else f  # (r+b: the trailer after FAISS bytes)
 
         monkeypatch.setattr(vx, "open", faulty_open, raising=False)
     elif inject.op in ("fsync", "rename"):

@@ -1,5 +1,5 @@
-"""SIGKILL the real `latent add` at random moments and at the named dangerous points, and
-two concurrent `latent create` on one directory.
+"""SIGKILL the real `latent add` at random moments and at the named dangerous points (also
+inside merges of the vector segments), and two concurrent `latent create` on one directory.
 
 25 runs on one index (the harness is in kill_harness.py; benchmarks/bench_kill.py runs
 200): after each kill, `latent check` passes before any repair, every batch the command
@@ -10,7 +10,7 @@ items are intact.
 
 from __future__ import annotations
 
-from kill_harness import POINTS, KillHarness
+from kill_harness import MERGE_POINTS, POINTS, KillHarness
 
 RUNS = 25
 
@@ -27,6 +27,26 @@ def test_kill_latent_add_25_times(tmp_path, glove_words):
     for point in POINTS:  # every named point really killed the command
         assert summary["by_mode"][point]["killed"] == summary["by_mode"][point]["runs"] >= 3
     assert summary["by_mode"]["random"]["killed"] >= 5, summary["by_mode"]["random"]
+    assert summary["batches_verified"] > 0
+    assert harness.committed <= harness.store_keys()
+
+
+MERGE_RUNS = 12
+
+
+def test_kill_latent_add_mid_merge(tmp_path, glove_words):
+    """Kills inside merges of the segments into the base (every run merges several times): at
+    their start, once the new base is in place but unlisted, once listed but the old segment
+    files are still there; and at random moments."""
+    harness = KillHarness(tmp_path / "merging", glove_words[100:], per_run=1500, batch=50, seed=3,
+                          points=MERGE_POINTS)
+    harness.create()
+    for mode, when in harness.plan(MERGE_RUNS):
+        harness.run(mode, when)
+    summary = harness.summary()
+    print({k: v for k, v in summary.items() if k != "runs_detail"})
+    for point in MERGE_POINTS:
+        assert summary["by_mode"][point]["killed"] == summary["by_mode"][point]["runs"] >= 2
     assert summary["batches_verified"] > 0
     assert harness.committed <= harness.store_keys()
 

@@ -43,7 +43,9 @@ def vec_path(directory) -> Path:
 
 
 def vec_bytes(directory) -> bytes:
-    return vec_path(directory).read_bytes()
+    """The bytes of every vector file: the base, then its segments (a write adds a segment)."""
+    files = [vec_path(directory), *sorted(Path(directory).glob("vectors-*.seg"))]
+    return b"".join(p.name.encode() + p.read_bytes() for p in files)
 
 
 def store_keys(directory) -> set[str]:
@@ -77,9 +79,10 @@ def assert_consistent(directory):
 
 
 def header_of(directory) -> tuple[int, bytes]:
-    raw = vec_bytes(directory)
-    (length,) = struct.unpack("<I", raw[8:12])
-    return length, raw[12:12 + length]
+    """(length, JSON) of the header of the base vectors.faiss."""
+    raw = vec_path(directory).read_bytes()
+    start = len(raw) - 12 - struct.unpack("<I", raw[-12:-8])[0]
+    return len(raw) - 12 - start, raw[start:-12]
 
 
 def run_cli(*args, env=None):
@@ -420,23 +423,31 @@ def test_temp_file_of_a_killed_save_is_cleaned_up(make_word_index, glove_words):
 # -- 3. latent check / rebuild on a damaged vectors.faiss ------------------------------------------------------
 @pytest.fixture
 def damaged_setup(make_word_index, glove_words):
-    """A flat word index at generation 3 (add, add, delete), with the file of generation 1 kept."""
+    """A flat word index at generation 3 (add, add, delete), compacted so that its base
+    vectors.faiss holds everything, with the base of generation 1 kept."""
     index = make_word_index(n=1500)
     directory = index.directory
-    old_copy = vec_bytes(directory)
+    index.compact()
+    old_copy = vec_path(directory).read_bytes()
     index.add(word_records(glove_words[2000:2300]))
     index.delete(glove_words[100:120])
+    index.compact()
     index.close()
     assert store_generation(directory) == 3
+    assert not list(directory.glob("vectors-*.seg"))
     with Index.open(directory) as ref:
         expected = results(ref)
     return directory, old_copy, expected
 
 
+# The file: FAISS bytes, removed ids, JSON header, its length (u32), MAGIC2 (see vector_index.py).
+def _header_start(raw: bytes) -> int:
+    return len(raw) - 12 - struct.unpack("<I", raw[-12:-8])[0]
+
+
 def _flip(offset_of, mask=0xFF):
     def damage(raw: bytes, old: bytes) -> bytes:
-        length = struct.unpack("<I", raw[8:12])[0]
-        pos = offset_of(raw, length)
+        pos = offset_of(raw, _header_start(raw))
         out = bytearray(raw)
         out[pos] ^= mask
         return bytes(out)
@@ -444,27 +455,27 @@ def _flip(offset_of, mask=0xFF):
 
 
 def _in_header(field, mask, after=0):
-    def offset(raw, length):
-        header = raw[12:12 + length]
-        return 12 + header.index(field) + after
+    def offset(raw, start):
+        return start + raw[start:].index(field) + after
     return _flip(offset, mask)
 
 
+TRUNCATED = r"not a latent vector index file \(or is truncated\)"
 DAMAGES = {
     "deleted": (None, r"is missing"),
     "truncated-empty": (lambda raw, old: b"", r"not a latent vector index file"),
-    "truncated-in-magic": (lambda raw, old: raw[:5], r"not a latent vector index file"),
-    "truncated-in-header": (lambda raw, old: raw[:40], r"damaged header"),
-    "truncated-payload-half": (lambda raw, old: raw[:len(raw) // 2], r"truncated or damaged \(checksum"),
-    "truncated-last-byte": (lambda raw, old: raw[:-1], r"truncated or damaged \(checksum"),
-    "flip-magic": (_flip(lambda raw, n: 0), r"not a latent vector index file"),
-    "flip-header-length-low": (_flip(lambda raw, n: 8), r"damaged header"),
-    "flip-header-length-high": (_flip(lambda raw, n: 11), r"damaged header"),
-    "flip-header-brace": (_flip(lambda raw, n: 12), r"damaged header"),
-    "flip-payload-first": (_flip(lambda raw, n: 12 + n), r"checksum mismatch"),
-    "flip-payload-middle": (_flip(lambda raw, n: (12 + n + len(raw)) // 2), r"checksum mismatch"),
-    "flip-payload-bit": (_flip(lambda raw, n: len(raw) - 1000, 0x01), r"checksum mismatch"),
-    "flip-last-byte": (_flip(lambda raw, n: len(raw) - 1), r"checksum mismatch"),
+    "truncated-in-magic": (lambda raw, old: raw[:-5], TRUNCATED),
+    "truncated-in-header": (lambda raw, old: raw[:_header_start(raw) + 20], TRUNCATED),
+    "truncated-payload-half": (lambda raw, old: raw[:len(raw) // 2], TRUNCATED),
+    "truncated-last-byte": (lambda raw, old: raw[:-1], TRUNCATED),
+    "flip-magic": (_flip(lambda raw, h: len(raw) - 1), r"not a latent vector index file"),
+    "flip-header-length-low": (_flip(lambda raw, h: len(raw) - 12), r"damaged header"),
+    "flip-header-length-high": (_flip(lambda raw, h: len(raw) - 9), r"damaged header"),
+    "flip-header-brace": (_flip(lambda raw, h: h), r"damaged header"),
+    "flip-payload-first": (_flip(lambda raw, h: 0), r"checksum mismatch"),
+    "flip-payload-middle": (_flip(lambda raw, h: h // 2), r"checksum mismatch"),
+    "flip-payload-bit": (_flip(lambda raw, h: h - 1000, 0x01), r"checksum mismatch"),
+    "flip-last-payload-byte": (_flip(lambda raw, h: h - 1), r"checksum mismatch"),
     "flip-header-ntotal": (_in_header(b'"ntotal": ', 0x01, len(b'"ntotal": ') + 1), r"checksum"),  # 1780->1680
     "flip-header-generation-up": (_in_header(b'"generation": ', 0x04, len(b'"generation": ')), r"checksum"),  # 3 -> 7
     "older-copy": (lambda raw, old: old, r"older \(generation 1\) than the last one written .*replaced by an older copy"),
@@ -486,7 +497,7 @@ def _apply(directory, damage, old_copy):
         path.unlink()
         return None
     path.write_bytes(damage(path.read_bytes(), old_copy))
-    return path.read_bytes()
+    return vec_bytes(directory)
 
 
 def test_check_passes_on_healthy_index(damaged_setup):
@@ -661,12 +672,14 @@ def test_cli_reports_lock_held_by_another_process(make_word_index, glove_words, 
 def test_hnsw_deleted_keys_never_come_back_after_reopen(make_word_index, glove_words):
     index = make_word_index(n=2000, index_type="hnsw")
     directory = index.directory
-    assert index.vectors.factory == "HNSW32"
+    index.compact()  # the words in the HNSW base (new items wait in an exact segment until a merge)
+    assert index.vectors.factory == "HNSW32" and index.vectors.base.ntotal == 2000
     near = [h.key for h in search(index, "king", k=30)][1:]
     deleted = list(dict.fromkeys(near + glove_words[600:650]))
     live = 2000 - len(deleted)
     count, missing = index.delete(deleted)
     assert (count, missing) == (len(deleted), [])
+    index.compact()  # the deletions, a segment's tombstones, merge into the HNSW base: hidden there
     index.close()
 
     length, header = header_of(directory)
@@ -700,7 +713,8 @@ def test_hnsw_deletions_survive_a_crash_and_a_purging_rebuild(make_word_index, g
         keys = set(all_keys(fresh, "king"))
         assert not keys & set(first)
         assert "caught the vector index up" in fresh.recovered
-    assert json.loads(header_of(directory)[1])["tombstones"] == len(first)
+    with Index.open(directory) as fresh:  # saved as a segment's tombstones
+        assert len(fresh.vectors.tombstones) == len(first) and fresh.recovered is None
     assert_consistent(directory)
 
     # re-adding a deleted key gives it a new id: found once
