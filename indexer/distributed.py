@@ -45,6 +45,8 @@ def connect(address: str | None = None, *, cpus: float = 0):
     with None to a Ray started here on the loopback interface with at least `cpus` logical
     CPUs (scheduling slots; at least this machine's cores). A connection made already
     (ray.init by the caller) is used as it is."""
+    if not address:  # a Ray of this machine: on the loopback interface (read when ray is imported)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = require("ray", "ray", "--ray (encoding and building on a Ray cluster)")
     require("ray.data", "ray", "--ray (encoding and building on a Ray cluster)")
     if not ray.is_initialized():
@@ -117,14 +119,22 @@ def _columns(rows: list[dict]) -> dict:
 
 
 class EncodeBatch:
-    """A Ray Data UDF run by an actor pool: loads the encoder once, then encodes the Records of
+    """A Ray Data UDF run by an actor pool: loads the encoder once (when first needed), then encodes the Records of
     each batch (texts and words; images read, hashed and preprocessed here). What it cannot
     encode keeps no vector, for the writer to handle as a local add would."""
 
     def __init__(self, encoder: str, runtime: str | None):
-        from .encoders import get_encoder
+        self.name, self.runtime = encoder, runtime
+        self._encoder = None
 
-        self.encoder = get_encoder(encoder, runtime)
+    @property
+    def encoder(self):
+        """Loaded on first use: rows that come with their vectors need no model."""
+        if self._encoder is None:
+            from .encoders import get_encoder
+
+            self._encoder = get_encoder(self.name, self.runtime)
+        return self._encoder
 
     def __call__(self, batch: dict) -> dict:
         docs = [json.loads(x) for x in batch["item"]]

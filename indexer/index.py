@@ -459,11 +459,11 @@ class Index:
         chosen = np.sort(np.random.default_rng(0).choice(ids, size=min(count, len(ids)), replace=False))
         return self.store.vectors(chosen, self.dim)
 
-    def rebuild_in_parts(self, *, address: str | None = None, inflight: int = 4,
+    def rebuild_in_parts(self, *, address: str | None = None, inflight: int = 4, block: int = 50_000,
                          progress: Progress = _no_progress) -> dict:
         """Rebuild the vector index of an IVF or IVF-PQ index on Ray (the `[ray]` extra; see
         indexer/distributed.py): trained once here on the sample a local build draws, filled
-        block by block by Ray tasks, merged here; the result is the index a local rebuild makes
+        `block` vectors at a time by Ray tasks, merged here; the result is the index a local rebuild makes
         (the same inverted lists). It is installed (`install_vectors`) and saved. Returns
         {factory, count, blocks}. The store is not repaired first (`rebuild` does that)."""
         from .distributed import build_in_parts
@@ -482,9 +482,9 @@ class Index:
                 blocks = [0]
 
                 def counted() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-                    for block in self.store.iter_vectors(self.dim):
+                    for part in self.store.iter_vectors(self.dim, block=block):
                         blocks[0] += 1
-                        yield block
+                        yield part
 
                 progress("index", 0, n)
                 build_in_parts(vindex, counted, address=address, inflight=inflight,
