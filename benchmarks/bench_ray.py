@@ -10,13 +10,14 @@
   of the add to its first committed batch (actors started, model loaded, first batch through);
 - building IVF-PQ: `rebuild` (local: train, add, save) against `rebuild --ray` (train here,
   blocks added by Ray tasks on 2 worker nodes, merged here, save) of the same index: N
-  synthetic clustered 384-d vectors (bench_data.synthetic_384), factory --factory.
+  synthetic clustered 384-d vectors (1,000 Gaussian centres plus noise, seeded), factory
+  --factory; both include the same training.
 
 All nodes run on this machine, on the loopback interface: with its 2 cores the cluster cannot
 be faster than the local path, so the figures say what the pipeline costs and how it scales
 per node, not what a real cluster gains. Printed, and appended to benchmarks/results/ray.jsonl.
 
-    python benchmarks/bench_ray.py [--texts 2000] [--vectors 50000] [--factory IVF256,PQ48] [--quick]
+    python benchmarks/bench_ray.py [--texts 1000] [--vectors 30000] [--factory IVF128,PQ24] [--quick]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from bench_data import append_result, environment, synthetic_384  # noqa: E402
+from bench_data import append_result, environment  # noqa: E402
 
 
 def make_lines(n: int, path: Path) -> None:
@@ -107,7 +108,12 @@ def build_runs(args, work: Path) -> dict:
 
     from latent.indexer import Index
 
-    vectors = synthetic_384(args.vectors)
+    import numpy as np
+
+    rng = np.random.default_rng(1)  # clustered synthetic 384-d vectors: 1,000 centres plus noise
+    centres = rng.standard_normal((1000, 384)).astype(np.float32)
+    vectors = centres[rng.integers(0, 1000, args.vectors)] + 0.5 * rng.standard_normal((args.vectors, 384)).astype(
+        np.float32)
     keys = [f"v{i}" for i in range(len(vectors))]
     out: dict = {"vectors": len(vectors), "factory": args.factory}
     with Index.create(work / "ivf", encoder="vectors:384", index_type=args.factory) as index:
@@ -137,11 +143,11 @@ def build_runs(args, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--vectors", type=int, default=50_000)
-    parser.add_argument("--block", type=int, default=10_000, help="vectors per Ray task of the IVF-PQ build")
-    parser.add_argument("--factory", default="IVF256,PQ48")
+    parser.add_argument("--vectors", type=int, default=30_000)
+    parser.add_argument("--block", type=int, default=5_000, help="vectors per Ray task of the IVF-PQ build")
+    parser.add_argument("--factory", default="IVF128,PQ24")
     parser.add_argument("--quick", action="store_true", help="400 texts, 10,000 vectors; nothing appended")
     args = parser.parse_args()
     if args.quick:
