@@ -1,5 +1,5 @@
 """The commands that make and look after an index: create, add, delete, info, check, rebuild,
-compact, tune, skipped and index-field."""
+compact, tune, skipped, index-field and export."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 import click
 
 from latent.indexer import Index, read_inputs
-from latent.indexer.readers import check_inputs
+from latent.indexer.errors import EncoderMismatch
+from latent.indexer.export import export
+from latent.indexer.readers import check_inputs, detect_format, is_export, parquet_vector_dim
 from latent.indexer.records import SKIP_EXAMPLES
 from .common import cell, echo_json, flags, index_dir, open_index, progress_bars, render_table
 
@@ -51,17 +53,36 @@ def create(directory: Path, encoder: str, index_type: str, target_recall: float 
 @click.command()
 @index_dir
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["lines", "words", "csv", "jsonl", "images"]),
-              help="Input format (default: folders and image files are images; .csv, .jsonl/.ndjson; "
-                   "else lines).")
-@click.option("--text-field", default="text", show_default=True, help="CSV/JSONL field holding the text.")
-@click.option("--key-field", help="CSV/JSONL field holding the item key (default: a hash of the text).")
+@click.option("--format", "fmt", type=click.Choice(["lines", "words", "csv", "jsonl", "parquet", "images"]),
+              help="Input format (default: folders and image files are images; .csv, .jsonl/.ndjson, .parquet; "
+                   "else lines). A folder read as parquet is the .parquet files in it.")
+@click.option("--text-field", default="text", show_default=True, help="CSV/JSONL/Parquet field holding the text.")
+@click.option("--key-field", help="CSV/JSONL/Parquet field holding the item key (default: a hash of the text).")
+@click.option("--vector-field", metavar="FIELD",
+              help="Parquet column holding vectors made elsewhere, stored as they are (normalised) instead of "
+                   "encoding; refused unless their dimension is the index's. A file from `latent export` "
+                   "uses its `vector` and `key` columns without being told.")
+@click.option("--image-field", metavar="FIELD",
+              help="Parquet column holding image paths (relative to the Parquet file's folder) to encode.")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), help="Items per batch and transaction.")
 @click.option("--encoder", "-e", help="Refuse unless the index uses this encoder.")
 @click.option("--verbose", "-v", is_flag=True,
               help="Print a line on stderr as each batch is committed (durable: kept whatever happens next).")
-def add(directory: Path, inputs, fmt, text_field, key_field, batch_size, encoder, verbose):
-    """Add the items of INPUTS (files, folders of images, or - for stdin) to DIRECTORY.
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Read and encode on a Ray cluster (the [ray] extra): ADDRESS is auto, a head node's host:port "
+                   "or ray://host:port; with no value, a Ray started here on the loopback interface. Give it "
+                   "after the inputs (or as --ray=ADDRESS). The inputs must be readable at the same path on every "
+                   "node; this process stores the items, as without --ray.")
+@click.option("--ray-batch-size", type=click.IntRange(1, 100_000), default=256, show_default=True,
+              help="With --ray: items per batch given to an encoder actor.")
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=2, show_default=True,
+              help="With --ray: how many encoder actors (each loads the model once).")
+@click.option("--actor-cpus", type=click.FloatRange(0.01, 1024), default=1.0, show_default=True,
+              help="With --ray: logical CPUs each encoder actor takes (leave some for the readers).")
+def add(directory: Path, inputs, fmt, text_field, key_field, vector_field, image_field, batch_size, encoder, verbose,
+        ray_address, ray_batch_size, concurrency, actor_cpus):
+    """Add the items of INPUTS (files, folders of images, Parquet files or globs of them, or -
+    for stdin) to DIRECTORY.
 
     Existing keys are replaced (upsert); unchanged items are not re-encoded. Bad lines and
     bad image files are skipped and reported; everything else is added. Image keys are the
@@ -71,17 +92,35 @@ def add(directory: Path, inputs, fmt, text_field, key_field, batch_size, encoder
     Example:
         latent add notes notes.csv --text-field body --key-field id
         latent add photos ~/Pictures/holiday --format images
+        latent add notes 'parts/*.parquet' --key-field id --ray auto
+        latent add copy exported.parquet
     """
-    check_inputs(inputs, fmt)
+    inputs = check_inputs(inputs, fmt)
+    if ray_address is not None and ray_address != "local" and Path(ray_address).exists():
+        raise click.UsageError(f"--ray took {ray_address!r}, an input, as its address: give --ray after the inputs, "
+                               "or as --ray=ADDRESS")
     progress = progress_bars()
     started = time.perf_counter()
     with Index.open(directory) as index:
+        _check_vector_inputs(index, inputs, fmt, vector_field)
+        options = dict(fmt=fmt, text_field=text_field, key_field=key_field, vector_field=vector_field,
+                       image_field=image_field)
+        if ray_address is None:
+            items = read_inputs(inputs, **options)
+        else:
+            from latent.indexer.distributed import encoded_items
+
+            if encoder is not None:
+                index.check_encoder(encoder)
+            items = encoded_items(inputs, encoder=index.encoder_name, runtime=index.manifest.get("runtime"),
+                                  batch_size=ray_batch_size, concurrency=concurrency, num_cpus=actor_cpus,
+                                  address=None if ray_address == "local" else ray_address, **options)
+            batch_size = batch_size or ray_batch_size
         try:
             def committed(generation: int, n: int) -> None:
                 progress.write(f"committed generation {generation}: {n} items")
 
-            report = index.add(read_inputs(inputs, fmt=fmt, text_field=text_field, key_field=key_field),
-                               batch_size=batch_size, encoder=encoder, progress=progress,
+            report = index.add(items, batch_size=batch_size, encoder=encoder, progress=progress,
                                on_commit=committed if verbose else None)
         finally:
             progress.close()
@@ -95,6 +134,22 @@ def add(directory: Path, inputs, fmt, text_field, key_field, batch_size, encoder
                f"({len(report.committed)} batches committed in {elapsed:.1f}s); {count} items in {directory}")
     if report.skipped:
         echo_skips(report)
+
+
+def _check_vector_inputs(index: Index, inputs: list[str], fmt: str | None, vector_field: str | None) -> None:
+    """Refuse, before anything is written, Parquet vectors whose dimension is not the index's."""
+    for path in inputs:
+        if path == "-" or (fmt or detect_format(path)) != "parquet":
+            continue
+        field = vector_field
+        if field is None and is_export(path):
+            field = "vector"
+        if field is None:
+            continue
+        dim = parquet_vector_dim(path, field)
+        if dim is not None and dim != index.dim:
+            raise EncoderMismatch(f"{path} holds {dim}-d vectors in {field!r}; {index.directory} holds "
+                                  f"{index.dim}-d vectors of {index.encoder_name!r}: nothing was added")
 
 
 def echo_skips(report) -> None:
@@ -194,16 +249,26 @@ def _with_progress(directory: Path, work):
 
 @click.command()
 @index_dir
-def rebuild(directory: Path):
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Build the vector index of an IVF or IVF-PQ index on a Ray cluster (the [ray] extra): trained "
+                   "once here, filled in parts by Ray tasks, merged here; the same index a local rebuild makes. "
+                   "ADDRESS as for `add --ray`. Damaged rows are not repaired on this path.")
+def rebuild(directory: Path, ray_address: str | None):
     """Repair DIRECTORY from its store (SQLite, the source of truth): re-encode damaged
     vectors from their text, keep unreadable metadata as text, and rebuild the FAISS index.
 
     \b
     Example:
         latent rebuild notes
+        latent rebuild big --ray auto
     """
-    (repaired, facts), elapsed = _with_progress(directory, lambda index, bars: (index.rebuild(progress=bars),
-                                                                                  index.info()))
+    def work(index, bars):
+        if ray_address is None:
+            return index.rebuild(progress=bars), index.info()
+        index.rebuild_in_parts(address=None if ray_address == "local" else ray_address, progress=bars)
+        return [], index.info()
+
+    (repaired, facts), elapsed = _with_progress(directory, work)
     if flags().json:
         echo_json({"repaired": repaired, "count": facts["count"], "faiss_factory": facts["faiss_factory"],
                    "generation": facts["generation"], "seconds": round(elapsed, 3)})
@@ -341,4 +406,33 @@ def index_field(directory: Path, fields, drop: bool):
     click.echo(f"Indexed fields of {directory}: {', '.join(indexed) if indexed else '(none)'}")
 
 
-COMMANDS = [create, add, delete, info, check, rebuild, compact, tune, skipped, index_field]
+
+@click.command("export")
+@index_dir
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write: .parquet, .jsonl or .npy (the vectors; their items go to NAME.items.jsonl).")
+def export_command(directory: Path, output: Path):
+    """Write every item of DIRECTORY (key, kind, text, path, metadata, vector) to a file.
+
+    A Parquet export goes back in with `latent add` (keys, metadata and vectors as they
+    are, not encoded again), so an index moves between machines and tools.
+
+    \b
+    Example:
+        latent export notes -o notes.parquet
+        latent add notes-copy notes.parquet
+    """
+    progress = progress_bars()
+    with open_index(directory) as index:
+        try:
+            result = export(index, output, progress=progress)
+        finally:
+            progress.close()
+    if flags().json:
+        echo_json(result)
+        return
+    click.echo(f"Exported {result['count']:,} items ({result['dim']}-d) of {directory} to "
+               f"{' and '.join(result['files'])}")
+
+
+COMMANDS = [create, add, delete, info, check, rebuild, compact, tune, skipped, index_field, export_command]

@@ -350,7 +350,7 @@ def prefetch(items: Iterable[Item], preprocess: Callable, *, ahead: int = 64,
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="latent-image") as pool:
         try:
             for item in items:
-                if isinstance(item, ImageRecord):
+                if isinstance(item, ImageRecord) and item.vector is None:  # (else encoded elsewhere)
                     item.prepared = pool.submit(prepare, item, preprocess)
                 pending.append(item)
                 if len(pending) > ahead:

@@ -491,14 +491,10 @@ class Index:
                         exact.add(vectors, ids)
                     yield ids, vectors
 
-            def sample(count: int) -> np.ndarray:  # training vectors, for index types that train
-                ids = np.setdiff1d(self.store.ids(), held, assume_unique=True)
-                chosen = np.sort(np.random.default_rng(0).choice(ids, size=min(count, len(ids)), replace=False))
-                return self.store.vectors(chosen, self.dim)
-
             progress("index", 0, n)
             vindex = vx.VectorIndex.build(spec, self.dim, n, blocks, params=self.params,
-                                          sample=sample, progress=lambda m: progress("index", m, n))
+                                          sample=lambda count: self._training_sample(count, held),
+                                          progress=lambda m: progress("index", m, n))
             if len(held):
                 progress("tune", 0, None)
                 self._tuned = tuning.tune(vindex, held_vectors, exact.ids, target, self.rerank)
@@ -542,6 +538,78 @@ class Index:
                                  "seconds": round(time.perf_counter() - started, 2)}  # the brute force included
         record["probe"] = probe
         self._tuned = record
+
+    def _training_sample(self, count: int, held: np.ndarray | None = None) -> np.ndarray:
+        """The vectors an index type that trains is trained on: `count` items drawn at random
+        (seed 0) from those not `held` out, in id order; in the caller's store snapshot."""
+        ids = self.store.ids()
+        if held is not None and len(held):
+            ids = np.setdiff1d(ids, held, assume_unique=True)
+        chosen = np.sort(np.random.default_rng(0).choice(ids, size=min(count, len(ids)), replace=False))
+        return self.store.vectors(chosen, self.dim)
+
+    def rebuild_in_parts(self, *, address: str | None = None, inflight: int = 4, block: int = 50_000,
+                         progress: Progress = _no_progress) -> dict:
+        """Rebuild the vector index of an IVF or IVF-PQ index on Ray (the `[ray]` extra; see
+        indexer/distributed.py): trained once here on the sample a local build draws, filled
+        `block` vectors at a time by Ray tasks, merged here; the result is the index a local rebuild makes
+        (the same inverted lists). It is installed (`install_vectors`) and saved. Returns
+        {factory, count, blocks}. The store is not repaired first (`rebuild` does that)."""
+        from .distributed import build_in_parts
+
+        self.store.require_writable("rebuilding")
+        with self._writer():
+            self.manifest = self.store.manifest()
+            with self.store.snapshot():
+                generation, n = self.store.generation(), self.store.count()
+                vindex = vx.VectorIndex.trained(self.index_type, self.dim, n, params=self.params,
+                                                sample=self._training_sample)
+                if not vindex.factory.startswith("IVF"):
+                    raise LatentError(
+                        f"{self.directory} builds as {vindex.factory} for {n:,} items; only IVF types build in parts "
+                        f"(create the index with --index ivf or ivfpq): rebuild it without --ray")
+                blocks = [0]
+
+                def counted() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                    for part in self.store.iter_vectors(self.dim, block=block):
+                        blocks[0] += 1
+                        yield part
+
+                progress("index", 0, n)
+                build_in_parts(vindex, counted, address=address, inflight=inflight,
+                               progress=lambda m: progress("index", m, n))
+            vindex.generation = generation
+            self._install(vindex)
+        return {"factory": vindex.factory, "count": n, "blocks": blocks[0], "generation": generation}
+
+    def install_vectors(self, vindex: vx.VectorIndex) -> None:
+        """Make `vindex`, a vector index built elsewhere (in parts, on other machines), this
+        index's vector index, and save it. Its generation must be one the store has had: it is
+        caught up with the writes made since; then its ids must be exactly the store's items
+        (LatentError otherwise, and nothing changes)."""
+        self.store.require_writable("installing a vector index")
+        with self._writer():
+            self._install(vindex)
+
+    def _install(self, vindex: vx.VectorIndex) -> None:
+        if vindex.dim != self.dim:
+            raise EncoderMismatch(f"a vector index of {vindex.dim}-d vectors does not fit {self.directory} "
+                                  f"({self.dim}-d)")
+        with self.store.snapshot():
+            generation = self.store.generation()
+            if vindex.generation > generation:
+                raise LatentError(f"the vector index reflects generation {vindex.generation}, newer than the "
+                                  f"store's {generation} of {self.directory}: it was built from another index")
+            if vindex.generation < generation:
+                self._catch_up(vindex)
+            live, held = self.store.ids(), vindex.ids()
+        if not np.array_equal(live, held):
+            missing, extra = np.setdiff1d(live, held), np.setdiff1d(held, live)
+            raise LatentError(f"the vector index does not hold the items of {self.directory}: {len(missing)} missing, "
+                              f"{len(extra)} unknown ids{', some twice' if len(held) != len(np.unique(held)) else ''}; "
+                              "it is not installed")
+        self._replace_vectors(sg.SegmentedIndex(vindex))  # the new base, written by the save
+        self._save_vectors()
 
     def _record_tuning(self) -> None:
         """Store the parameters and figures of the tuning done by the last build, if any."""
@@ -841,6 +909,10 @@ class Index:
         `read_inputs`, for files); with `keys` and/or `metadata`, `items` are texts and these
         give each one's key and metadata. A text without a key is keyed by its content hash.
 
+        A Record that comes with its `vector` (encoded by a Ray worker, or read from a vector
+        column) is stored with it, normalised, and not encoded again; its dimension must be the
+        index's (EncoderMismatch otherwise). The model is loaded only when an item needs it.
+
         Each batch is one store transaction, durable once `on_commit(generation, items)` is
         called; the vector index follows in memory and is saved at the end (and every
         SAVE_EVERY_S seconds on long runs). Images are read, hashed, decoded and preprocessed
@@ -853,12 +925,11 @@ class Index:
             self.check_encoder(encoder)
         items = records_from_texts(items, keys=keys, metadata=metadata) if keys is not None or metadata is not None \
             else as_items(items)
-        enc = self.encoder
-        batch_size = int(batch_size or enc.default_batch_size)
+        batch_size = int(batch_size or self.encoder.default_batch_size)
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        if "image" in enc.modalities:
-            items = prefetch(items, enc.preprocess, ahead=2 * batch_size)
+        if "image" in self.manifest.get("modalities", ()):  # the model loads when the first image needs it
+            items = prefetch(items, lambda image: self.encoder.preprocess(image), ahead=2 * batch_size)
         report = IngestReport()
         try:
             with self._writing(report, progress), SeenKeys() as seen:
@@ -891,7 +962,7 @@ class Index:
                 progress("add", 1, total)
                 continue
             self._check_modality(item)
-            if item.kind != "image" and (not item.text or not item.text.strip()):
+            if item.kind != "image" and item.vector is None and (not item.text or not item.text.strip()):
                 self._skip(report, Skip(item.source, item.line, "empty text"))
                 progress("add", 1, total)
                 continue
@@ -961,6 +1032,8 @@ class Index:
             self.store.record_skips(pending)
 
     def _check_modality(self, record: Record) -> None:
+        if record.vector is not None:  # encoded elsewhere: the dimension is checked when it is stored
+            return
         modality = "image" if record.kind == "image" else ("word" if record.kind == "word" else "text")
         modalities = self.encoder.modalities
         if modality in modalities or (modality != "image" and {"text", "word"} & set(modalities)):
@@ -978,7 +1051,9 @@ class Index:
                 self._skip(report, Skip(rec.source, rec.line, "the text is not valid Unicode (it holds a lone "
                                            f"surrogate): {_shown(rec.text)}"))
                 return None
-            return content_hash(rec.text), rec.metadata, None
+            return rec.content_hash or content_hash(rec.text), rec.metadata, None
+        if rec.vector is not None:  # encoded elsewhere, which read and hashed the file
+            return rec.content_hash, rec.metadata, None
         try:
             prepared = rec.prepared.result() if rec.prepared is not None else \
                 prepare(rec, self.encoder.preprocess)
@@ -1028,10 +1103,13 @@ class Index:
             to_encode.append((key, rec, array))
         offered = [key for key, _, _ in to_encode]
         vectors, extra = self._encode_records(to_encode, report)
-        zero = ~vectors.any(axis=1)
+        finite = np.isfinite(vectors).all(axis=1)
+        zero = ~finite | ~vectors.any(axis=1)
         if zero.any():  # no direction to search by: such an item could never be found
-            for (_, rec, _) in [t for t, z in zip(to_encode, zero) if z]:
-                self._skip(report, Skip(rec.source, rec.line, "the encoder gave it a zero vector"))
+            for (_, rec, _), ok in [(t, f) for t, z, f in zip(to_encode, zero, finite) if z]:
+                given = "it came with" if rec.vector is not None else "the encoder gave it"
+                self._skip(report, Skip(rec.source, rec.line, f"{given} a zero vector" if ok else
+                                        f"{given} a vector holding NaN or infinite values"))
             to_encode[:] = [t for t, z in zip(to_encode, zero) if not z]
             extra = [e for e, z in zip(extra, zero) if not z]
             vectors = vectors[~zero]
@@ -1040,7 +1118,7 @@ class Index:
         if not to_encode and not meta_updates:
             return
         replace_ids = [existing[key][0] for key, _, _ in to_encode if key in existing]
-        rows = [{"key": key, "kind": rec.kind, "text": rec.text if rec.kind != "image" else None,
+        rows = [{"key": key, "kind": rec.kind, "text": (rec.text or None) if rec.kind != "image" else None,
                  "path": getattr(rec, "path", None) or None, "content_hash": by_key[key][1],
                  "metadata": metadata_json({**json.loads(by_key[key][2]), **more}) if more else by_key[key][2],
                  "vector": vec}
@@ -1070,24 +1148,35 @@ class Index:
     def _encode_records(self, to_encode: list[tuple[str, Record, np.ndarray | None]],
                         report: IngestReport) -> tuple[np.ndarray, list[dict]]:
         """Vectors (and encoder metadata) for records in order; texts the encoder refuses
-        (unknown words) become Skips and leave `to_encode`."""
-        texts = [rec.text for _, rec, array in to_encode if array is None]
+        (unknown words) become Skips and leave `to_encode`. Records that come with their vector
+        keep it (normalised); EncoderMismatch when its dimension is not the index's."""
+
+        def texts() -> list[str]:
+            return [rec.text for _, rec, array in to_encode if array is None and rec.vector is None]
+
         try:
-            text_vectors = self.encoder.encode(texts)
+            text_vectors = self.encoder.encode(texts()) if texts() else None
         except OutOfVocabulary as e:
             bad = set(e.words)
-            for _, rec, _ in [t for t in to_encode if t[2] is None and t[1].text in bad]:
+            for _, rec, _ in [t for t in to_encode if t[2] is None and t[1].vector is None and t[1].text in bad]:
                 self._skip(report, Skip(rec.source, rec.line,
                                            f"{rec.text!r} is not in the {self.encoder_name} vocabulary"))
-            to_encode[:] = [t for t in to_encode if t[2] is not None or t[1].text not in bad]
-            text_vectors = self.encoder.encode([rec.text for _, rec, array in to_encode if array is None])
+            to_encode[:] = [t for t in to_encode if t[2] is not None or t[1].vector is not None or t[1].text not in bad]
+            text_vectors = self.encoder.encode(texts())
         arrays = [array for _, _, array in to_encode if array is not None]
         image_vectors, image_meta = self.encoder.encode_preprocessed(np.stack(arrays)) if arrays else (None, [])
         vectors = np.zeros((len(to_encode), self.dim), dtype=np.float32)
         extra: list[dict] = [{} for _ in to_encode]
         t = i = 0
-        for row, (_, _, array) in enumerate(to_encode):
-            if array is None:
+        for row, (_, rec, array) in enumerate(to_encode):
+            if rec.vector is not None:
+                given = np.asarray(rec.vector, dtype=np.float32)
+                if given.shape != (self.dim,):
+                    raise EncoderMismatch(
+                        f"{rec.source}{f':{rec.line}' if rec.line else ''}: a vector of shape {given.shape} does not "
+                        f"fit {self.directory}, which holds {self.dim}-d vectors of {self.encoder_name!r}")
+                vectors[row] = normalize(given[None, :])[0] if np.isfinite(given).all() else given
+            elif array is None:
                 vectors[row] = text_vectors[t]
                 t += 1
             else:

@@ -1,6 +1,7 @@
 """Readers: turn input files into Records (key, text, metadata) and Skips (bad lines
-with their line numbers and reasons). Formats: lines, words, csv, jsonl, and images
-(folders, recursively; see indexer/images.py).
+with their line numbers and reasons). Formats: lines, words, csv, jsonl, parquet (files,
+folders of them, or globs; a text, key, image-path or vector column) and images (folders,
+recursively; see indexer/images.py).
 
 Text is read a line at a time with a bounded length: a line longer than MAX_LINE_BYTES
 (1 MiB, not counting its line end) is skipped ("line longer than 1 MiB") and read past in
@@ -11,7 +12,9 @@ is skipped whole with the reason."""
 from __future__ import annotations
 
 import csv
+import datetime
 import errno
+import glob
 import io
 import json
 import math
@@ -23,11 +26,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import InputError
-from .images import IMAGE_EXTENSIONS, looks_like_image, read_images
+from .images import IMAGE_EXTENSIONS, ImageRecord, looks_like_image, read_images
 from .records import Item, Record, Skip
 
-FORMATS = ("lines", "words", "csv", "jsonl", "images")
-_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "lines"}
+FORMATS = ("lines", "words", "csv", "jsonl", "parquet", "images")
+_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "lines", ".parquet": "parquet"}
+EXPORT_MARK = b"latent.export"  # the schema metadata key of a Parquet file `latent export` wrote
 _INT = re.compile(r"-?(0|[1-9]\d*)")
 _FLOAT = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
 # The longest line (or CSV/JSONL record line) read, in bytes without its line end; longer
@@ -39,17 +43,35 @@ _SNIFF_BYTES = 8192  # how much of a text input's start is checked for binary co
 
 
 def detect_format(path: str) -> str:
-    """By extension: .csv, .jsonl/.ndjson, images; folders hold images; anything else is lines."""
+    """By extension: .csv, .jsonl/.ndjson, .parquet, images; folders hold images; anything else is lines."""
     p = Path(path)
+    if p.suffix.lower() == ".parquet":
+        return "parquet"
     if p.is_dir() or p.suffix.lower() in IMAGE_EXTENSIONS:
         return "images"
     return _EXTENSIONS.get(p.suffix.lower(), "lines")
 
 
+def expand_inputs(paths: Iterable[str]) -> list[str]:
+    """The inputs with each glob (a path holding *, ? or [ that names no file itself) replaced
+    by the files it matches, sorted; InputError when a glob matches nothing."""
+    out: list[str] = []
+    for p in paths:
+        if p != "-" and any(c in p for c in "*?[") and not os.path.lexists(p):
+            matches = sorted(glob.glob(p, recursive=True))
+            if not matches:
+                raise InputError(f"input {p} matches no file")
+            out.extend(matches)
+        else:
+            out.append(p)
+    return out
+
+
 def check_inputs(paths: Iterable[str], fmt: str | None = None) -> list[str]:
     """Fail early, before anything is written, when an input cannot be opened: it does not
-    exist, is a broken symlink or a symlink loop, or is a file that cannot be read."""
-    paths = list(paths)
+    exist, is a broken symlink or a symlink loop, or is a file that cannot be read. Globs
+    are expanded (see expand_inputs); the inputs are returned."""
+    paths = expand_inputs(paths)
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     for p in paths:
@@ -69,8 +91,9 @@ def check_inputs(paths: Iterable[str], fmt: str | None = None) -> list[str]:
                 raise InputError(f"input {p} does not exist") from None
             raise InputError(f"cannot read input {p}: {e.strerror or e}") from None
         if stat.S_ISDIR(st.st_mode):
-            if fmt not in (None, "images"):
-                raise InputError(f"input {p} is a folder; folders are read as format 'images'")
+            if fmt not in (None, "images", "parquet"):
+                raise InputError(f"input {p} is a folder; folders are read as format 'images' (or 'parquet': "
+                                 "the .parquet files in it)")
         elif stat.S_ISREG(st.st_mode):  # a pipe is not opened here: that would take its data or block
             try:
                 os.close(os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
@@ -80,11 +103,18 @@ def check_inputs(paths: Iterable[str], fmt: str | None = None) -> list[str]:
 
 
 def read_inputs(paths: Iterable[str], *, fmt: str | None = None, text_field: str = "text",
-                key_field: str | None = None) -> Iterator[Item]:
-    """Records and Skips from every input, in order. `fmt` None: by extension (see detect_format)."""
+                key_field: str | None = None, vector_field: str | None = None,
+                image_field: str | None = None) -> Iterator[Item]:
+    """Records and Skips from every input, in order. `fmt` None: by extension (see detect_format).
+    `vector_field` and `image_field` name the columns of Parquet inputs holding vectors made
+    elsewhere or image paths (see read_parquet)."""
     for p in check_inputs(paths, fmt):
         f = fmt or ("lines" if p == "-" else detect_format(p))
-        if f == "images":
+        if f == "parquet":
+            for part in parquet_files(p):
+                yield from read_parquet(part, text_field=text_field, key_field=key_field,
+                                        vector_field=vector_field, image_field=image_field)
+        elif f == "images":
             yield from read_images([p])
         elif f in ("csv", "jsonl"):
             reader = _read_csv if f == "csv" else _read_jsonl
@@ -339,3 +369,170 @@ def as_items(items: Iterable[Record | Skip | str | dict]) -> Iterator[Item]:
                          source="<api>", line=i + 1)
         else:
             raise InputError(f"item {i + 1}: expected a text, a dict or a Record, got {type(item).__name__}")
+
+
+# -- Parquet ------------------------------------------------------------------------------------
+PARQUET_BATCH = 4096  # rows read at a time
+
+
+def parquet_files(path: str) -> list[str]:
+    """A Parquet input as files: the file itself, or the .parquet files under a folder (a
+    dataset written in parts), sorted."""
+    if os.path.isdir(path):
+        files = sorted(str(f) for f in Path(path).rglob("*.parquet") if f.is_file())
+        if not files:
+            raise InputError(f"folder {path} holds no .parquet files")
+        return files
+    return [path]
+
+
+def _parquet(path: str):
+    from .errors import require
+    pq = require("pyarrow.parquet", "all", "reading Parquet")
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow's ArrowInvalid, OSError
+        raise InputError(f"cannot read {path} as Parquet ({str(e).splitlines()[0][:200]})") from None
+
+
+def parquet_columns(path: str) -> dict[str, str]:
+    """{column: its Arrow type} of a Parquet file (the first file of a folder)."""
+    schema = _parquet(parquet_files(path)[0]).schema_arrow
+    return {f.name: str(f.type) for f in schema}
+
+
+def is_export(path: str) -> bool:
+    """True when a Parquet input (its first file) was written by `latent export`."""
+    return EXPORT_MARK in (_parquet(parquet_files(path)[0]).schema_arrow.metadata or {})
+
+
+def parquet_vector_dim(path: str, field: str) -> int | None:
+    """The length of the vectors in column `field` of a Parquet input: from a fixed-size list
+    type, else from the first row that has one; None when no row has one."""
+    import pyarrow as pa
+
+    for part in parquet_files(path):
+        pf = _parquet(part)
+        if field not in pf.schema_arrow.names:
+            raise InputError(f"{part} has no column {field!r} (its columns: {', '.join(pf.schema_arrow.names)})")
+        kind = pf.schema_arrow.field(field).type
+        if pa.types.is_fixed_size_list(kind):
+            return kind.list_size
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH, columns=[field]):
+            for value in batch.column(0).to_pylist():
+                if value is not None:
+                    return len(value)
+    return None
+
+
+def _plain(value):
+    """A Parquet cell as a JSON value: dates and times as ISO text; others as they are."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def read_parquet(path: str, *, text_field: str = "text", key_field: str | None = None,
+                 vector_field: str | None = None, image_field: str | None = None) -> Iterator[Item]:
+    """Records and Skips of one Parquet file, a row at a time (rows are numbered from 1 as lines).
+
+    Each row is one item: the text of `text_field` (as a CSV row's), or the image file named
+    by `image_field` (relative to the Parquet file's folder), or, with `vector_field`, the
+    vector in that column, made elsewhere (its text, if the row has one, is kept with it).
+    The other columns are the metadata. A file written by `latent export` (marked in its
+    schema) gives back its items: their kind and path, and the metadata of its JSON
+    `metadata` column."""
+    pf = _parquet(path)
+    names = pf.schema_arrow.names
+    exported = is_export(path)
+    if exported:  # its items come back with their keys and vectors
+        key_field, vector_field = key_field or "key", vector_field or "vector"
+    for field in (vector_field, image_field):
+        if field and field not in names:
+            raise InputError(f"{path} has no column {field!r} (its columns: {', '.join(names)})")
+    number = 0
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH):
+        for row in batch.to_pylist():
+            number += 1
+            row = {k: _plain(v) for k, v in row.items()}
+            if exported:
+                kind, where = row.pop("kind", None), row.pop("path", None)
+                extra = row.pop("metadata", None)
+                try:
+                    metadata = json.loads(extra) if extra else {}
+                except ValueError:
+                    yield Skip(path, number, "the metadata column holds text that is not JSON")
+                    continue
+                if not isinstance(metadata, dict):
+                    yield Skip(path, number, "the metadata column holds JSON that is not an object")
+                    continue
+                row = {**metadata, **row}
+            else:
+                kind = where = None
+            if vector_field:
+                yield _vector_row(row, path, number, text_field, key_field, vector_field, kind, where, exported)
+            elif image_field:
+                yield _image_row(row, path, number, key_field, image_field)
+            else:
+                yield _record_from_fields(row, path, number, text_field, key_field)
+
+
+def _row_key(row: dict, path: str, number: int, key_field: str | None) -> str | Skip | None:
+    if not key_field:
+        return None
+    value = row.get(key_field)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return Skip(path, number, f"no key field {key_field!r}")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return Skip(path, number, f"the key field {key_field!r} holds {_JSON_TYPES.get(type(value), 'a value')}, "
+                                  "not text or a whole number")
+    return str(value)
+
+
+def _vector_row(row: dict, path: str, number: int, text_field: str, key_field: str | None, vector_field: str,
+                kind: str | None, where: str | None, exported: bool = False) -> Item:
+    import numpy as np
+
+    from .records import content_hash
+
+    value = row.pop(vector_field, None)
+    if value is None:
+        return Skip(path, number, f"no vector in field {vector_field!r}")
+    try:
+        vector = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        return Skip(path, number, f"field {vector_field!r} does not hold a list of numbers")
+    if vector.ndim != 1:
+        return Skip(path, number, f"field {vector_field!r} holds an array of shape {vector.shape}, not a vector")
+    key = _row_key(row, path, number, key_field)
+    if isinstance(key, Skip):
+        return key
+    if exported:  # the key is the item's, not a metadata field
+        row.pop(key_field, None)
+    text = row.pop(text_field, None)
+    if text is not None and not isinstance(text, str):
+        return Skip(path, number, f"field {text_field!r} is {type(text).__name__}, not text")
+    kind = kind if kind in ("text", "word", "image", "vector") else ("text" if text else "vector")
+    digest = content_hash((text or "") + "\0" + vector.tobytes().hex()) if kind != "image" else \
+        row.get("sha256") or content_hash(vector.tobytes().hex())
+    if kind == "image":
+        return ImageRecord(text="", key=key, metadata=row, kind="image", source=path, line=number,
+                           path=where or "", vector=vector, content_hash=digest)
+    return Record(text=text or "", key=key, metadata=row, kind=kind, source=path, line=number, vector=vector,
+                  content_hash=digest)
+
+
+def _image_row(row: dict, path: str, number: int, key_field: str | None, image_field: str) -> Item:
+    value = row.pop(image_field, None)
+    if not isinstance(value, str) or not value.strip():
+        return Skip(path, number, f"no image path in field {image_field!r}")
+    key = _row_key(row, path, number, key_field)
+    if isinstance(key, Skip):
+        return key
+    file = Path(path).parent / value
+    return ImageRecord(text="", key=key if key is not None else value, metadata=row, kind="image",
+                       source=path, line=number, path=str(file.resolve()))

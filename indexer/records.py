@@ -6,12 +6,17 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 
 @dataclass
 class Record:
-    """One item to index. `key` None means: derive it from the content hash."""
+    """One item to index. `key` None means: derive it from the content hash.
+
+    `vector` is set when the item was encoded elsewhere (a Ray worker, a vector column of a
+    Parquet file): it is stored as given (normalised) instead of being encoded. `content_hash`
+    then says what the vector is of (an image file's SHA-256, or the hash of a vector brought
+    without the text it came from); None means the hash of `text`."""
 
     text: str
     key: str | None = None
@@ -19,6 +24,8 @@ class Record:
     kind: str = "text"
     source: str = ""
     line: int | None = None
+    vector: Any = None  # a float (dim,) numpy array, or None
+    content_hash: str | None = None
 
 
 @dataclass

@@ -172,6 +172,18 @@ class VectorIndex:
         An index type that needs training is trained on `sample(count)` once n reaches its
         threshold; below it the index is exact (Flat) until then.
         """
+        vindex = cls.trained(spec, dim, n, params=params, sample=sample)
+        for ids, vectors in blocks():
+            vindex.add(ids, vectors)
+            if progress:
+                progress(len(ids))
+        return vindex
+
+    @classmethod
+    def trained(cls, spec: str, dim: int, n: int, *, params: dict | None = None,
+                sample: Callable[[int], np.ndarray] | None = None) -> "VectorIndex":
+        """The empty index `spec` means for n vectors, trained on `sample(count)` when its type
+        needs training and n reaches its threshold (below it: Flat, exact)."""
         factory = planned_factory(spec, n, dim)
         need = train_threshold(factory, dim)
         vindex = cls.new(factory, dim, params=params)
@@ -179,11 +191,33 @@ class VectorIndex:
             ivf = faiss.try_extract_index_ivf(vindex.index)
             count = min(n, max(need, 64 * (ivf.nlist if ivf is not None else 256), 50_000))
             vindex.index.train(np.ascontiguousarray(sample(count), dtype=np.float32))
-        for ids, vectors in blocks():
-            vindex.add(ids, vectors)
-            if progress:
-                progress(len(ids))
         return vindex
+
+    # -- building in parts (the autofaiss recipe): empty trained copies filled apart, merged --------
+    def empty_copy(self) -> bytes:
+        """This index's trained, empty form, serialised: what a worker fills with its shard
+        (`fill_shard`). Only IVF indexes build in parts: their inverted lists merge."""
+        if self._ivf is None or self.ntotal:
+            raise LatentError(f"only an empty IVF index builds in parts, not {self.factory} "
+                              f"holding {self.ntotal} vectors")
+        return bytes(faiss.serialize_index(self.index))
+
+    @staticmethod
+    def fill_shard(empty: bytes, ids: np.ndarray, vectors: np.ndarray) -> bytes:
+        """An empty trained copy (`empty_copy`) with the vectors of one shard added, serialised."""
+        index = faiss.deserialize_index(np.frombuffer(empty, dtype=np.uint8))
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        return bytes(faiss.serialize_index(index))
+
+    def merge_shard(self, shard: bytes) -> None:
+        """Append the inverted lists of a filled shard (`fill_shard` of this index's empty copy)
+        to this index's, keeping its ids (FAISS merge_from). Shards merged in the order of their
+        ids give the inverted lists a local build adding the same blocks in order would."""
+        other = faiss.deserialize_index(np.frombuffer(shard, dtype=np.uint8))
+        mine, theirs = faiss.extract_index_ivf(self.index), faiss.extract_index_ivf(other)
+        mine.merge_from(theirs, 0)
+        if self.index is not mine:
+            self.index.ntotal = mine.ntotal
 
     def wants_rebuild(self, spec: str, n: int) -> bool:
         """True when the index should be rebuilt for n live items: an untrained or outgrown
