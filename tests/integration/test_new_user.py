@@ -8,7 +8,6 @@ from click.testing import CliRunner
 
 import latent
 from latent.cli import cli
-from latent.indexer.errors import FilterError
 from latent.search.explore import ExpressionError
 
 
