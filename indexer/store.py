@@ -23,11 +23,31 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import sqlite_utils
 
-from . import failpoints
-from .errors import FilterError, IndexCorrupt, IndexExists, KeywordQueryError, ReadOnlyIndex, StorageError
-from .filters import index_expression
+
+def _import_sqlite_utils():
+    """sqlite-utils imports pandas at import time when it is installed (ray[data] brings it),
+    only to map pandas.Timestamp to a column type, which latent never inserts; pandas and the
+    pyarrow it loads cost about 0.8 s of every cold command. So pandas is hidden while
+    sqlite-utils loads, unless something loaded it already; it imports normally afterwards."""
+    import sys
+
+    if "pandas" in sys.modules or "sqlite_utils" in sys.modules:
+        import sqlite_utils
+        return sqlite_utils
+    sys.modules["pandas"] = None  # `import pandas` raises ImportError meanwhile
+    try:
+        import sqlite_utils
+    finally:
+        del sys.modules["pandas"]
+    return sqlite_utils
+
+
+sqlite_utils = _import_sqlite_utils()
+
+from . import failpoints  # noqa: E402
+from .errors import FilterError, IndexCorrupt, IndexExists, KeywordQueryError, ReadOnlyIndex, StorageError  # noqa: E402
+from .filters import index_expression  # noqa: E402
 
 DB_NAME = "latent.db"
 FORMAT_VERSION = 1

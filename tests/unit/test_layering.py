@@ -205,3 +205,14 @@ def test_the_scan_sees_every_layer_and_resolves_relative_imports():
 
 if __name__ == "__main__":
     print(report())
+
+
+def test_the_cli_loads_without_the_heavy_optional_libraries():
+    """Every command pays for what `import latent.cli` loads. sqlite-utils imports pandas (and
+    so pyarrow) when it is installed, as it is with the [ray] extra; the store hides it."""
+    import subprocess
+
+    code = ("import sys, latent.cli; "
+            "print(' '.join(m for m in ('pandas', 'pyarrow', 'ray', 'torch', 'sklearn', 'scipy') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
