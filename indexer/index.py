@@ -1347,20 +1347,24 @@ class Index:
         # A writer may commit and save while this runs. Read in the order writes happen backwards
         # (the recorded generation, then the file, then the store), so that recorded <= file <= store
         # holds unless something is damaged, and compare ids within one snapshot of the store.
-        manifest = self.store.manifest()
-        recorded = manifest.get("vectors_generation")
-        file_problems: list[str] = []
-        try:
-            vindex, file_problems = sg.load_chain(self.directory, manifest, params=self.params, verify=True)
-            load_error = None
-            for entry in sg.listed_files(manifest):  # every listed file, also past a break in the chain
-                try:
-                    vx.read_header(self.directory / entry["name"], with_payload=True)
-                except IndexCorrupt as e:
-                    if not any(str(e) in p for p in file_problems):
-                        file_problems.append(str(e))
-        except IndexCorrupt as e:
-            vindex, load_error = None, e
+        for attempt in range(3):  # again if a writer changed the files meanwhile (a merge deletes segments)
+            manifest = self.store.manifest()
+            recorded = manifest.get("vectors_generation")
+            file_problems: list[str] = []
+            try:
+                vindex, file_problems = sg.load_chain(self.directory, manifest, params=self.params, verify=True)
+                load_error = None
+                for entry in sg.listed_files(manifest):  # every listed file, also past a break in the chain
+                    try:
+                        vx.read_header(self.directory / entry["name"], with_payload=True)
+                    except IndexCorrupt as e:
+                        if not any(str(e) in p for p in file_problems):
+                            file_problems.append(str(e))
+            except IndexCorrupt as e:
+                vindex, load_error = None, e
+            now = self.store.manifest()
+            if all(now.get(k) == manifest.get(k) for k in ("vectors_segments", "vectors_crc32")):
+                break
         with self.store.snapshot():
             generation = self.store.generation()
             live = self.store.ids()

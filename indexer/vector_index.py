@@ -453,8 +453,28 @@ def read_file(path: Path, *, params: dict | None = None, mmap: bool = False,
 
     With `mmap`, a format-2 file is memory-mapped read-only (FAISS's IO_FLAG_MMAP_IFC): nothing
     is read until searched, and an atomic rename of a newer file over it leaves the mapping
-    valid. `verify=None` checks the CRC unless the file is larger than VERIFY_MAX_BYTES."""
+    valid. `verify=None` checks the CRC unless the file is larger than VERIFY_MAX_BYTES. The file
+    is opened by name more than once (header, FAISS), so a writer may replace it in between: it is
+    read again when its identity (inode, mtime) changed meanwhile."""
     path = Path(path)
+    for attempt in range(3):
+        found = error = None
+        try:
+            before = os.stat(path)
+            try:
+                found = _read_file_once(path, params=params, mmap=mmap, verify=verify)
+            except IndexCorrupt as e:
+                error = e
+            after = os.stat(path)
+        except FileNotFoundError:
+            raise IndexCorrupt(f"{path} is missing; run `latent rebuild`") from None
+        if (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns) or attempt == 2:
+            if error is not None:
+                raise error
+            return found
+
+
+def _read_file_once(path: Path, *, params: dict | None, mmap: bool, verify: bool | None) -> tuple[VectorIndex, dict]:
     header, payload = read_header(path, with_payload=False)
     if header["format"] == FILE_FORMAT:  # format 1: header first, checked, parsed from memory
         header, payload = read_header(path, with_payload=True)
@@ -477,7 +497,7 @@ def read_file(path: Path, *, params: dict | None = None, mmap: bool = False,
         except RuntimeError as e:
             if not mmap:
                 raise IndexCorrupt(f"{path} cannot be parsed by FAISS ({str(e)[:120]}); run `latent rebuild`") from e
-            return read_file(path, params=params, mmap=False, verify=False)  # a type FAISS cannot map
+            return _read_file_once(path, params=params, mmap=False, verify=False)  # a type FAISS cannot map
     vindex = VectorIndex(index, header["factory"], int(header["dim"]), generation=int(header["generation"]),
                          tombstones=tombstones, params=params)
     if index.d != vindex.dim:

@@ -520,9 +520,8 @@ def test_check_is_not_fooled_by_a_writer_committing_during_it(make_word_index, g
             writer.add(word_records(words))  # committed and saved by another connection
 
     if when == "before-the-file-is-read":
-        real_load = vx.VectorIndex.load
-        monkeypatch.setattr(vx.VectorIndex, "load", classmethod(
-            lambda cls, *a, **kw: (commit_once(), real_load(*a, **kw))[1]))
+        real_read = vx.read_file  # the base, then each listed segment
+        monkeypatch.setattr(vx, "read_file", lambda *a, **kw: (commit_once(), real_read(*a, **kw))[1])
     else:
         real_catch_up = checker._catch_up
         checker._catch_up = lambda vindex: (commit_once(), real_catch_up(vindex))[1]
