@@ -175,7 +175,7 @@ def rows(directory) -> dict[str, tuple]:
     conn = sqlite3.connect(f"file:{Path(directory) / 'latent.db'}?mode=ro", uri=True)
     try:
         return {k: (kind, text, meta, vec) for k, kind, text, meta, vec in
-                conn.execute("SELECT key, kind, text, metadata, vector FROM items")}
+                conn.execute("SELECT key, kind, text, metadata, vector FROM items LEFT JOIN vectors USING (id)")}
     finally:
         conn.close()
 

@@ -245,7 +245,8 @@ def stored_rows(index_dir: Path) -> list[dict]:
     with closing(sqlite3.connect(f"file:{index_dir / 'latent.db'}?mode=ro", uri=True)) as db:
         db.row_factory = sqlite3.Row
         return [dict(r) for r in db.execute(
-            "SELECT id, key, kind, text, path, metadata, length(vector) AS vector_bytes FROM items")]
+            "SELECT id, key, kind, text, path, metadata, length(vector) AS vector_bytes "
+            "FROM items LEFT JOIN vectors USING (id)")]
 
 
 def stored_skips(index_dir: Path) -> set[tuple[str, int | None, str]]:
