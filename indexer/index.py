@@ -971,9 +971,8 @@ class Index:
                 flush()
                 batch = []
                 if time.monotonic() - last_save > save_every:
-                    # segments only: a merge (a FAISS build) cannot be interrupted, and Ctrl-C must end
-                    # a long add within seconds; segments merge when the write ends
                     self._save_vectors()
+                    self._maybe_merge(progress)
                     self.store.checkpoint()
                     last_save = time.monotonic()
         if batch:

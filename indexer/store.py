@@ -503,7 +503,10 @@ class Store:
         """Apply the migrations this store lacks, each in one transaction with its version number:
         one killed midway leaves the schema as it was, and is done again by the next open. Each
         takes the write lock first (BEGIN IMMEDIATE) and reads the version again, so that two
-        processes opening an older index at once migrate it once."""
+        processes opening an older index at once migrate it once. A current store (every open
+        but the first after an upgrade) is not locked at all: opening never takes the write lock."""
+        if self.conn.execute("PRAGMA user_version").fetchone()[0] >= len(MIGRATIONS):
+            return
         while True:
             with self._migration_step():
                 version = self.conn.execute("PRAGMA user_version").fetchone()[0]

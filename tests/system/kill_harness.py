@@ -105,9 +105,8 @@ class KillHarness:
                 plan.append(("random", ""))
             else:
                 point = self.points[(i // 2) % len(self.points)]
-                # a run's add merges once, when it ends (periodic saves write segments only)
                 hit = self.rng.randint(1, self.per_run // self.batch) if point == "commit" else \
-                    1 if point in MERGE_POINTS else self.rng.randint(1, 3)
+                    self.rng.randint(1, 2 if point in MERGE_POINTS else 3)
                 plan.append((point, str(hit)))
         return plan
 

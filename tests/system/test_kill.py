@@ -35,7 +35,7 @@ MERGE_RUNS = 12
 
 
 def test_kill_latent_add_mid_merge(tmp_path, glove_words):
-    """Kills inside merges of the segments into the base (every run ends with one): at
+    """Kills inside merges of the segments into the base (every run merges several times): at
     their start, once the new base is in place but unlisted, once listed but the old segment
     files are still there; and at random moments."""
     harness = KillHarness(tmp_path / "merging", glove_words[100:], per_run=1500, batch=50, seed=3,

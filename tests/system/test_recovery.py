@@ -323,7 +323,9 @@ def test_ctrl_c_ends_a_long_add_within_5_s_and_keeps_every_committed_batch(tmp_p
     env = {**os.environ, "LATENT_SAVE_EVERY_S": "0.5", "HF_HUB_OFFLINE": "1"}
     child = subprocess.Popen([*latent_command(), "add", str(directory), str(source), "--format", "words", "-v",
                               "--batch-size", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd=ROOT, env=env)
+                             cwd=ROOT, env=env,
+                             # a shell's background job ignores SIGINT, and a child inherits that: undo it
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watchdog = threading.Timer(300, child.kill)  # never hang the suite on a stuck child
     watchdog.start()
     early: list[str] = []
