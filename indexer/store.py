@@ -449,7 +449,7 @@ class Store:
             # the schema and the manifest in one transaction, so that a create killed midway leaves
             # an empty file (which a create takes over, see holds_store); plain INSERTs: an existing
             # manifest is never overwritten
-            with store.db.atomic():
+            with store._write_lock():
                 store.migrate()
                 store.db.conn.executemany("INSERT INTO manifest(key, value) VALUES (?, ?)",
                                           [(key, json.dumps(value)) for key, value in rows.items()])
@@ -517,18 +517,28 @@ class Store:
 
     @contextmanager
     def _migration_step(self) -> Iterator[None]:
-        if self.conn.in_transaction:  # a create: its transaction holds the schema and the manifest
+        with self._write_lock():  # in a create, a savepoint of its transaction (schema and manifest)
+            yield
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """A write transaction that holds the write lock from its start (BEGIN IMMEDIATE), or a
+        savepoint inside this thread's open transaction. A deferred BEGIN would read first and
+        take the lock at its first write; if another process committed in between, SQLite fails
+        that write at once ("database is locked", SQLITE_BUSY_SNAPSHOT) instead of waiting."""
+        conn = self.conn
+        if conn.in_transaction:
             with self.db.atomic():
                 yield
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
         try:
             yield
+            conn.execute("COMMIT")
         except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close every thread's connection."""
@@ -548,7 +558,7 @@ class Store:
         self._forget_rows()
         outer, self._local.writing = getattr(self._local, "writing", False), True
         try:
-            with self.db.atomic():
+            with self._write_lock():
                 yield
         except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
             raise

@@ -508,15 +508,20 @@ def _read_file_once(path: Path, *, params: dict | None, mmap: bool, verify: bool
     return vindex, header
 
 
-def _verify_crc(path: Path, header: dict) -> None:
+def _verify_crc(path: Path, header: dict, f=None) -> None:
+    """Check a format-2 file's checksum; through `f` when given (the handle its header was read
+    from: a merge may delete the file by name meanwhile, and the open handle still reads it)."""
+    if f is None:
+        with open(path, "rb") as f:
+            return _verify_crc(path, header, f)
     fields = {k: v for k, v in header.items() if k != "crc32"}
     crc, left = _checksum(fields), int(header["bytes"])
-    with open(path, "rb") as f:
-        while left > 0:
-            chunk = f.read(min(_CRC_CHUNK, left))
-            if not chunk:
-                break
-            crc, left = zlib.crc32(chunk, crc), left - len(chunk)
+    f.seek(0)
+    while left > 0:
+        chunk = f.read(min(_CRC_CHUNK, left))
+        if not chunk:
+            break
+        crc, left = zlib.crc32(chunk, crc), left - len(chunk)
     if left or crc != header["crc32"]:
         raise IndexCorrupt(f"{path} is truncated or damaged (checksum mismatch); run `latent rebuild`")
 
@@ -548,13 +553,15 @@ def read_header(path: Path, *, with_payload: bool = False) -> tuple[dict, bytes]
                         header["bytes"] + length + _TRAILER != size:
                     raise IndexCorrupt(f"{path} is truncated or damaged (its size does not match its header); "
                                        "run `latent rebuild`")
+                if with_payload and _header_fields_ok(header, FILE_FORMAT_2):
+                    _verify_crc(path, header, f)
     except FileNotFoundError:
         raise IndexCorrupt(f"{path} is missing; run `latent rebuild`") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise IndexCorrupt(f"{path} has a damaged header ({e}); run `latent rebuild`") from None
     if not isinstance(header, dict) or header.get("format") not in (FILE_FORMAT, FILE_FORMAT_2):
         raise IndexCorrupt(f"{path} has an unknown format; run `latent rebuild`")
-    wanted = _HEADER_FIELDS + (("since",) if header["format"] == FILE_FORMAT_2 else ())
+    wanted = _wanted_fields(header["format"])
     missing = [k for k in wanted if not isinstance(header.get(k), str if k == "factory" else int)]
     if missing:
         raise IndexCorrupt(f"{path} has a damaged header (bad {', '.join(missing)}); run `latent rebuild`")
@@ -562,9 +569,18 @@ def read_header(path: Path, *, with_payload: bool = False) -> tuple[dict, bytes]
         fields = {k: v for k, v in header.items() if k != "crc32"}
         if len(payload) != header["bytes"] or _checksum(fields, payload) != header["crc32"]:
             raise IndexCorrupt(f"{path} is truncated or damaged (checksum mismatch); run `latent rebuild`")
-    elif with_payload:
-        _verify_crc(path, header)
     return header, payload
+
+
+def _wanted_fields(file_format: int) -> tuple[str, ...]:
+    return _HEADER_FIELDS + (("since",) if file_format == FILE_FORMAT_2 else ())
+
+
+def _header_fields_ok(header, file_format: int) -> bool:
+    """Whether `header` is a dict of `file_format` with every field of the right type (read_header
+    says which is not; this only decides whether the checksum can be computed yet)."""
+    return isinstance(header, dict) and header.get("format") == file_format and all(
+        isinstance(header.get(k), str if k == "factory" else int) for k in _wanted_fields(file_format))
 
 
 def _header_v1(f, path: Path, head: bytes, with_payload: bool) -> tuple[dict, bytes]:
