@@ -79,8 +79,11 @@ def main() -> None:
     vindex = index.vectors
     vindex.params["efSearch"] = args.ef
     queries = unit_rows(args.queries, args.dim, 1)
-    params = vindex._search_params(None, K)
-    raw = vindex.index
+    base = getattr(vindex, "base", vindex)  # a SegmentedIndex: its base (an add of --n items in one call merges)
+    segments = len(getattr(vindex, "segments", ()))
+    print(f"  {vindex.ntotal:,} vectors, {segments} segment(s) beside the base", flush=True)
+    params = base._search_params(None, K)
+    raw = base.index
     scores, ids = vindex.search(queries[:1], K)
 
     def single_engine():
