@@ -150,6 +150,16 @@ def recall_at(found: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
     return hits / (len(gt) * k)
 
 
+def user_env(**extra: str) -> dict:
+    """The environment of a whole-process (cold start) measurement, as a user's shell has it:
+    without PYTHONDONTWRITEBYTECODE, which this project's sandbox sets. A user's installed
+    package has its bytecode compiled by pip, and a checkout writes __pycache__ on its first
+    run; without that, compiling latent's sources costs every cold command about 0.25 s (of
+    1.4 s for `latent similar` on 100,000 items). Run one untimed process first, which writes it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, **extra}
+
+
 def environment() -> dict:
     """Library versions, thread settings and the machine, printed and stored with every result."""
     import faiss

@@ -812,10 +812,12 @@ class Index:
             merged = sg.SegmentedIndex(self._build_vectors(progress, tune=True))
         else:
             how = "merged"
-            copy = vx.read_file(self.directory / vx.FILE_NAME, params=self.params, verify=False)[0]
-            progress("merge", 0, vindex.segment_items)
             with self._guard.shared():
-                base = vindex.merged_base(copy, lambda m: progress("merge", m, vindex.segment_items))
+                base = vindex.merged_flat_base(self.directory / vx.FILE_NAME,
+                                               lambda done, total: progress("merge", done, total))
+                if base is None:  # any other type: a copy of the base, the segments added to it
+                    copy = vx.read_file(self.directory / vx.FILE_NAME, params=self.params, verify=False)[0]
+                    base = vindex.merged_base(copy, lambda m: progress("merge", m, vindex.segment_items))
             merged = sg.SegmentedIndex(base)
         self._write_base(merged, merged.base)
         self._record_tuning()

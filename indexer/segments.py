@@ -274,6 +274,34 @@ class SegmentedIndex:
         self.segments[first:last + 1] = [merged]
         self._refresh_dead()
 
+    def merged_flat_base(self, path: Path, progress=None) -> VectorIndex | None:
+        """merged_base for a Flat base, read from its file `path` a block at a time into an
+        index allocated at its final size (see vector_index.merge_flat_file); None when the file
+        is not laid out as expected or does not hold this base. `progress(done, total)`."""
+        if self.base.factory != "Flat" or len(self.base_tombstones):
+            return None
+        try:
+            header, _ = vx.read_header(path)
+        except vx.IndexCorrupt:
+            return None
+        if (header["generation"], header["ntotal"]) != (self.base.generation, self.base.ntotal):
+            return None
+        ids, vectors = self.live_vectors(self.segments)  # ascending: the segments' order, as merged_base adds them
+        total, done = self.base.ntotal + len(ids), 0
+
+        def step(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress:
+                progress(done, total)
+
+        merged = vx.merge_flat_file(path, self.dead, ids, vectors, params=self.params, progress=step)
+        if merged is None:
+            return None
+        merged.params = self.params
+        merged.generation = self.generation
+        return merged
+
     def merged_base(self, writable: VectorIndex, progress=None) -> VectorIndex:
         """`writable` (a private copy of the base) with every segment merged into it: dead ids
         removed (hidden, for HNSW), live segment vectors added."""

@@ -447,6 +447,69 @@ def write_file(path: Path, index: faiss.Index, *, factory: str, dim: int, genera
     return crc
 
 
+_FLAT_HEADER = 33  # FAISS's index header: d (i32), ntotal (i64), two dummies (i64), is_trained (u8), metric (i32)
+_FLAT_CHUNK = 16_384  # rows read at a time when a Flat base is merged from its file
+
+
+def merge_flat_file(path: Path, drop: np.ndarray, ids: np.ndarray, vectors: np.ndarray, *,
+                    params: dict | None = None, progress: Callable[[int], None] | None = None) -> VectorIndex | None:
+    """A Flat index holding the vectors of the Flat file at `path` (but those of the ids in
+    `drop`) followed by `vectors` under `ids`, read from the file a block at a time into an
+    index allocated once at its final size: the file is never held in memory beside it (a copy
+    of it read whole, then grown by FAISS's add, held about 2x the base at the peak). None when
+    the file is not a plain IDMap2(IndexFlatIP) laid out as FAISS writes one (the caller copies).
+    """
+    header, _ = read_header(path)
+    n, dim = int(header["ntotal"]), int(header["dim"])
+    if header.get("format") != FILE_FORMAT_2 or header.get("factory") != "Flat" or header.get("tombstones"):
+        return None
+    faiss_bytes = int(header["bytes"])
+    codes_end = faiss_bytes - 8 - 8 * n  # then: the id map's length (u64) and its ids (i64)
+    codes_start = codes_end - 4 * n * dim  # after the codes' length (u64, in floats)
+    inner = codes_start - 8 - _FLAT_HEADER - 4
+    if inner < 4:
+        return None
+    with open(path, "rb") as f:
+        outer_tag = f.read(4)
+        f.seek(inner)
+        inner_tag = f.read(4)
+        f.seek(codes_start - 8)
+        (floats,) = struct.unpack("<Q", f.read(8))
+        f.seek(codes_end)
+        (count,) = struct.unpack("<Q", f.read(8))
+        if (outer_tag, inner_tag, floats, count) != (b"IxM2", b"IxFI", n * dim, n):
+            return None
+        base_ids = np.fromfile(f, dtype="<i8", count=n).astype(np.int64)
+        if len(base_ids) != n:
+            return None
+        keep = ~np.isin(base_ids, np.asarray(drop, np.int64)) if len(drop) else np.ones(n, bool)
+        total = int(keep.sum()) + len(ids)
+        flat = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIDMap2(flat)  # (it takes only an empty index)
+        flat.codes.resize(total * dim * 4)
+        rows = faiss.rev_swig_ptr(flat.codes.data(), total * dim * 4).view(np.float32).reshape(total, dim)
+        f.seek(codes_start)
+        at = 0
+        for start in range(0, n, _FLAT_CHUNK):
+            count = min(_FLAT_CHUNK, n - start)
+            block = np.fromfile(f, dtype="<f4", count=count * dim)
+            if len(block) != count * dim:
+                return None
+            kept = keep[start:start + count]
+            rows[at:at + int(kept.sum())] = block.reshape(count, dim)[kept]
+            at += int(kept.sum())
+            if progress:
+                progress(count)
+    rows[at:] = np.asarray(vectors, np.float32).reshape(len(ids), dim)
+    if progress:
+        progress(len(ids))
+    flat.ntotal = total
+    faiss.copy_array_to_vector(np.concatenate([base_ids[keep], np.asarray(ids, np.int64)]), index.id_map)
+    index.ntotal = total
+    index.construct_rev_map()
+    return VectorIndex(index, "Flat", dim, params=params)
+
+
 def read_file(path: Path, *, params: dict | None = None, mmap: bool = False,
               verify: bool | None = True) -> tuple[VectorIndex, dict]:
     """(the index, its header) of a vector index file of either format; IndexCorrupt when damaged.

@@ -4,6 +4,7 @@ merges, and vectors.faiss files of the earlier single-file format opening as the
 
 from __future__ import annotations
 
+import gc
 import json
 import sqlite3
 import struct
@@ -56,6 +57,59 @@ def test_base_and_segments_search_as_one_exact_index(with_filter):
     assert np.array_equal(index.ids(), np.sort(ids[live]))
     some = np.sort(ids[live][::7])
     np.testing.assert_allclose(index.exact_vectors(some), vectors[np.searchsorted(ids, some)], atol=1e-6)
+
+
+def test_a_flat_base_merges_from_its_file_as_the_copy_of_it_does(tmp_path, monkeypatch):
+    """merged_flat_base (read from the file a block at a time, into an index allocated once) gives
+    the index merged_base gives from a copy read whole: the same ids in the same order, the same
+    vectors, the same search results; deletions in the base and in the segments left out."""
+    monkeypatch.setattr(vx, "_FLAT_CHUNK", 37)  # many blocks, the last one short
+    rng = np.random.default_rng(4)
+    vectors = unit(rng, 700)
+    ids = np.arange(700, dtype=np.int64) * 2 + 5
+    base = vx.VectorIndex.new("Flat", DIM)
+    base.add(ids[:500], vectors[:500])
+    base.save(tmp_path, 3)
+    index = sg.SegmentedIndex(vx.VectorIndex.load(tmp_path, mmap=True), base_saved=True)
+    for lo, hi in ((500, 640), (640, 700)):
+        index.add(ids[lo:hi], vectors[lo:hi])
+        index.segments[-1].name = f"seg-{lo}"
+    index.generation = 5
+    dead = ids[rng.choice(700, 90, replace=False)]
+    index.remove(dead)
+    seen = []
+    streamed = index.merged_flat_base(tmp_path / vx.FILE_NAME, lambda done, total: seen.append((done, total)))
+    copied = index.merged_base(vx.VectorIndex.load(tmp_path))
+    assert streamed is not None and streamed.generation == copied.generation == 5
+    assert streamed.ntotal == copied.ntotal == 610
+    raw = streamed._raw_ids()
+    assert np.array_equal(raw, copied._raw_ids()) and not np.isin(raw, dead).any()
+    np.testing.assert_array_equal(streamed.index.reconstruct_batch(raw), copied.index.reconstruct_batch(raw))
+    gc.collect()  # the inner Flat index, made in merge_flat_file, lives as long as the id map around it
+    queries = unit(rng, 15)
+    np.testing.assert_array_equal(streamed.search(queries, 10)[1], copied.search(queries, 10)[1])
+    assert seen[-1] == (seen[-1][1], 500 + 200 - int(np.isin(dead, ids[500:]).sum()))  # every row once
+    streamed.save(tmp_path, 5, name="merged.faiss")  # FAISS writes it as any Flat index
+    again = vx.VectorIndex.load(tmp_path, name="merged.faiss")
+    assert np.array_equal(again._raw_ids(), raw)
+
+
+def test_a_flat_file_not_laid_out_as_expected_is_merged_from_a_copy(tmp_path):
+    rng = np.random.default_rng(5)
+    base = vx.VectorIndex.new("Flat", DIM)
+    base.add(np.arange(50), unit(rng, 50))
+    base.save(tmp_path, 1)
+    index = sg.SegmentedIndex(vx.VectorIndex.load(tmp_path), base_saved=True)
+    path = tmp_path / vx.FILE_NAME
+    data = bytearray(path.read_bytes())
+    at = data.find(b"IxFI")
+    data[at:at + 4] = b"IxFX"  # not the inner index FAISS writes for Flat
+    path.write_bytes(bytes(data))
+    assert vx.merge_flat_file(path, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, DIM))) is None
+    assert index.merged_flat_base(path) is None  # _merge_vectors then merges a copy, as for any other type
+    hnsw = vx.VectorIndex.new("HNSW32", DIM)
+    hnsw.add(np.arange(50), unit(rng, 50))
+    assert sg.SegmentedIndex(hnsw).merged_flat_base(path) is None  # not a Flat base: copied
 
 
 def test_tier_merges_keep_few_segments_and_keep_tombstones_of_older_parts():

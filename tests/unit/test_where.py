@@ -113,11 +113,36 @@ def test_equality_does_not_confuse_booleans_with_numbers(flags):
 def test_parse_equality_shape():
     sql, params = parse_where("lang = en")
     lang = "json_extract(metadata, '$.\"lang\"')"
-    assert sql == (f"(({lang} IN (?) AND json_type(metadata, '$.\"lang\"') IN ('text')) OR (json_type(metadata, "
-                   f"'$.\"lang\"') = 'array' AND {lang} >= '[' AND {lang} < '\\' AND EXISTS (SELECT 1 FROM "
-                   "json_each(metadata, '$.\"lang\"') AS e WHERE (e.type IN ('text') AND e.value IN (?)))))")
-    assert params == ["en", "en"]  # the value bound, once for a scalar and once for a list's elements
+    assert sql == (f"((instr(metadata, ?) > 0) AND (({lang} IN (?) AND json_type(metadata, '$.\"lang\"') IN ('text')) "
+                   f"OR (json_type(metadata, '$.\"lang\"') = 'array' AND {lang} >= '[' AND {lang} < '\\' AND EXISTS "
+                   "(SELECT 1 FROM json_each(metadata, '$.\"lang\"') AS e WHERE (e.type IN ('text') AND e.value IN (?))))))")
+    # the value's JSON text, which an item must contain (a scan parses only those), then the value
+    # bound once for a scalar and once for a list's elements
+    assert params == ['"en"', "en", "en"]
     assert parse_where("lang=en") == parse_where("lang == en") == (sql, params)
+
+
+@pytest.mark.parametrize("value", ['b"c', "a\\b", "caf\u00e9", "x/y", "<b>", "tab\there", "\u2028"])
+def test_values_an_encoder_may_escape_get_no_text_precheck(value):
+    """Only plain ASCII text is looked for as JSON text: a value that JSON may escape (quotes,
+    backslashes, non-ASCII, slashes, HTML characters, control characters) is matched by parsing."""
+    quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'  # the filters' quoting
+    sql, params = parse_where(f"name = {quoted}")
+    assert "instr" not in sql and params == [value, value]
+    sql, params = parse_where("name in (a, 1)")  # a number among the values (1 matches 1.0): no precheck
+    assert "instr" not in sql
+
+
+def test_the_text_precheck_finds_values_in_lists_and_nested_fields(make_fake_index):
+    index = make_fake_index(6, lambda w, i: {"tags": ["x", f"t{i % 3}"], "a": {"b": f"v{i % 2}"}, "n": 1.0 * i})
+
+    def keys(expr):
+        return sorted(h.key for h in search(index, "w1", k=10, where=expr))
+
+    assert keys("tags = t1") == ["w1", "w4"]
+    assert keys("a.b = v1 and tags in (t0, t2)") == ["w3", "w5"]
+    assert keys("n = 2") == ["w2"]  # stored as 2.0: matched by parsing, never by its text
+    assert keys("tags != t1") == ["w0", "w2", "w3", "w5"]  # negated: no precheck, every item parsed
 
 
 def test_parse_comparison_shapes():
@@ -144,7 +169,7 @@ def test_parse_lists_and_negations():
     assert parse_where("tag not in (a)")[0].startswith("NOT EXISTS")
     assert parse_where("tag != a")[0].startswith("NOT EXISTS")
     assert parse_where("not tag = a")[0].startswith("NOT EXISTS")
-    assert parse_where("not not tag = a")[0].startswith("NOT NOT ((json_extract")
+    assert parse_where("not not tag = a")[0].startswith("NOT NOT ((instr(metadata, ?) > 0) AND ((json_extract")
 
 
 def test_parse_boolean_structure_and_keyword_case():
@@ -212,8 +237,8 @@ def test_bad_field_name_names_the_position(expr):
 
 
 def test_keyword_like_values_keep_their_case():
-    assert parse_where("state = OR")[1] == ["OR", "OR"]
-    assert parse_where("state in (IN, NOT)")[1] == ["IN", "NOT", "IN", "NOT"]
+    assert parse_where("state = OR")[1] == ['"OR"', "OR", "OR"]  # (first: the JSON text a scan looks for)
+    assert parse_where("state in (IN, NOT)")[1] == ['"IN"', '"NOT"', "IN", "NOT", "IN", "NOT"]
 
 
 # -- field_value: the filters' field rule and walk, in Python (the map colours by it) -------------------
