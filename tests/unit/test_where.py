@@ -113,12 +113,12 @@ def test_equality_does_not_confuse_booleans_with_numbers(flags):
 def test_parse_equality_shape():
     sql, params = parse_where("lang = en")
     lang = "json_extract(metadata, '$.\"lang\"')"
-    assert sql == (f"((instr(metadata, ?) > 0) AND (({lang} IN (?) AND json_type(metadata, '$.\"lang\"') IN ('text')) "
+    assert sql == (f"((metadata GLOB ?) AND (({lang} IN (?) AND json_type(metadata, '$.\"lang\"') IN ('text')) "
                    f"OR (json_type(metadata, '$.\"lang\"') = 'array' AND {lang} >= '[' AND {lang} < '\\' AND EXISTS "
                    "(SELECT 1 FROM json_each(metadata, '$.\"lang\"') AS e WHERE (e.type IN ('text') AND e.value IN (?))))))")
     # the value's JSON text, which an item must contain (a scan parses only those), then the value
     # bound once for a scalar and once for a list's elements
-    assert params == ['"en"', "en", "en"]
+    assert params == ['*"en"*', "en", "en"]
     assert parse_where("lang=en") == parse_where("lang == en") == (sql, params)
 
 
@@ -128,9 +128,9 @@ def test_values_an_encoder_may_escape_get_no_text_precheck(value):
     backslashes, non-ASCII, slashes, HTML characters, control characters) is matched by parsing."""
     quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'  # the filters' quoting
     sql, params = parse_where(f"name = {quoted}")
-    assert "instr" not in sql and params == [value, value]
+    assert "GLOB" not in sql and params == [value, value]
     sql, params = parse_where("name in (a, 1)")  # a number among the values (1 matches 1.0): no precheck
-    assert "instr" not in sql
+    assert "GLOB" not in sql
 
 
 def test_the_text_precheck_finds_values_in_lists_and_nested_fields(make_fake_index):
@@ -143,6 +143,18 @@ def test_the_text_precheck_finds_values_in_lists_and_nested_fields(make_fake_ind
     assert keys("a.b = v1 and tags in (t0, t2)") == ["w3", "w5"]
     assert keys("n = 2") == ["w2"]  # stored as 2.0: matched by parsing, never by its text
     assert keys("tags != t1") == ["w0", "w2", "w3", "w5"]  # negated: no precheck, every item parsed
+
+
+@pytest.mark.parametrize("value", ["a*b", "a?b", "[x]", "a]b", "[", "T1", "50%_off"])
+def test_glob_wildcards_in_values_match_only_themselves(make_fake_index, value):
+    """The precheck's GLOB pattern matches the value's characters literally and case-sensitively:
+    `*`, `?` and `[` are no wildcards, so an item holding a value that they would match is not
+    found, and the item holding the value itself is."""
+    others = {"a*b": "axxb", "a?b": "axb", "[x]": "x", "a]b": "a]]b", "[": "[[", "T1": "t1", "50%_off": "50xxoff"}
+    index = make_fake_index(2, lambda w, i: {"v": value if i == 0 else others[value]})
+    quoted = '"' + value + '"'
+    assert [h.key for h in search(index, "w0", k=10, where=f"v = {quoted}")] == ["w0"]
+    assert "GLOB" in parse_where(f"v = {quoted}")[0]
 
 
 def test_parse_comparison_shapes():
@@ -169,7 +181,7 @@ def test_parse_lists_and_negations():
     assert parse_where("tag not in (a)")[0].startswith("NOT EXISTS")
     assert parse_where("tag != a")[0].startswith("NOT EXISTS")
     assert parse_where("not tag = a")[0].startswith("NOT EXISTS")
-    assert parse_where("not not tag = a")[0].startswith("NOT NOT ((instr(metadata, ?) > 0) AND ((json_extract")
+    assert parse_where("not not tag = a")[0].startswith("NOT NOT ((metadata GLOB ?) AND ((json_extract")
 
 
 def test_parse_boolean_structure_and_keyword_case():
@@ -237,8 +249,8 @@ def test_bad_field_name_names_the_position(expr):
 
 
 def test_keyword_like_values_keep_their_case():
-    assert parse_where("state = OR")[1] == ['"OR"', "OR", "OR"]  # (first: the JSON text a scan looks for)
-    assert parse_where("state in (IN, NOT)")[1] == ['"IN"', '"NOT"', "IN", "NOT", "IN", "NOT"]
+    assert parse_where("state = OR")[1] == ['*"OR"*', "OR", "OR"]  # (first: the JSON text a scan looks for)
+    assert parse_where("state in (IN, NOT)")[1] == ['*"IN"*', '*"NOT"*', "IN", "NOT", "IN", "NOT"]
 
 
 # -- field_value: the filters' field rule and walk, in Python (the map colours by it) -------------------
