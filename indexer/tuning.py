@@ -25,7 +25,9 @@ rebuilt to hold one out.
 
 As the index grows, the parameters a size needs drift (GloVe HNSW32 tuned at 200k items kept
 recall 0.927 at 390k, under its 0.95 target). After each write that grew it by CHECK_GROWTH
-(10%) since the last look, a check re-measures recall without rebuilding anything:
+(10%) since the last look, and after each merge of the segments into the base (whose items
+were searched exactly in their segments until then, and now are in the graph or the lists), a
+check re-measures recall without rebuilding anything:
 
 - Its queries are probes that are in no graph and no list: normalised midpoints of pairs of
   stored items, fixed at tuning time (their ids are in the manifest). Held-out items cannot
@@ -98,13 +100,17 @@ def untuned(manifest: dict, factory: str) -> bool:
     return done.get("target_recall") != target or done.get("recall") is None or done.get("factory") in (None, "Flat")
 
 
-def wants_check(manifest: dict, n: int) -> bool:
-    """True when the probes of the last tuning should be measured again at n items."""
+def can_check(manifest: dict) -> bool:
+    """True when the last tuning left probes for the index's current recall target."""
     done = manifest.get("tuning") or {}
-    probe = done.get("probe")
-    if not probe or manifest.get("target_recall") is None or done.get("target_recall") != manifest["target_recall"]:
-        return False
-    return n >= CHECK_GROWTH * probe["count"]
+    return bool(done.get("probe")) and manifest.get("target_recall") is not None \
+        and done.get("target_recall") == manifest["target_recall"]
+
+
+def wants_check(manifest: dict, n: int) -> bool:
+    """True when the probes of the last tuning should be measured again at n items. (A merge of
+    the segments into the base checks too, whatever the growth: see Index._maybe_merge.)"""
+    return can_check(manifest) and n >= CHECK_GROWTH * manifest["tuning"]["probe"]["count"]
 
 
 def probe_pairs(ids: np.ndarray, seed: int, count: int = PROBES) -> np.ndarray:

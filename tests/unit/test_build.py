@@ -69,6 +69,26 @@ def test_a_target_builds_the_approximate_index_once_then_checks_growth_without_r
     index.close()
 
 
+def test_a_merge_of_the_segments_into_the_graph_is_followed_by_a_check(tmp_path, monkeypatch, added):
+    """Items in segments are searched exactly; once a merge puts them in the graph, recall can
+    drop at once (GloVe growing by 10%: 0.986 before such a merge, 0.940 after it, with no
+    check in between). A merge into the base therefore re-measures the probes, even when the
+    growth since the last check is under 10%."""
+    monkeypatch.setenv("LATENT_MERGE_MIN", "100")
+    monkeypatch.setenv("LATENT_MERGE_RATIO", "0.05")
+    x = clustered(2400)
+    index = Index.create(tmp_path / "i", encoder="vectors:32", index_type="hnsw", target_recall=0.9)
+    index.add_vectors(keys(0, 2000), x[:2000])
+    assert index.manifest["tuning"]["probe"]["count"] == 2000
+    index.add_vectors(keys(2000, 2150), x[2000:2150])  # +7.5%, past the 5% merge ratio: merged, then checked
+    assert index.vectors.segment_items == 0 and added["HNSW32"] == 2150  # in the graph, added once each
+    last = index.manifest["tuning"]["probe"]["last"]
+    assert index.manifest["tuning"]["probe"]["count"] == 2150 and last["count"] == 2150
+    assert last["recall"] >= last["goal"] or last["after"] == tuning.EF_MAX
+    assert index.params["efSearch"] == last["after"] == index.vectors.params["efSearch"]
+    index.close()
+
+
 def test_a_check_raises_the_parameter_until_the_probes_reach_their_recall_and_never_lowers_it():
     x = clustered(3000, seed=1, clusters=200, noise=0.6)
     vindex = vx.VectorIndex.new("HNSW16", 32, params={"efConstruction": 40})
