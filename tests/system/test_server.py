@@ -646,6 +646,11 @@ def fuzz_base(dirs, tmp_path_factory, glove_words):
     tiny.add(word_records(glove_words[300:360], lambda w, i: {"n": i, "tag": "even" if i % 2 == 0 else "odd"}))
     tiny.close()
     with running(create_app([str(tiny.directory), str(dirs["photos"])])) as url:
+        # The first UMAP map of a process compiles umap-learn's numba code: about 30 s on a quiet
+        # 2-core machine, and in a fresh CI environment under load it passed the fuzzer's 60 s read
+        # timeout once. Made here first, with room for it, so the fuzzing times the maps themselves.
+        first = httpx.get(f"{url}/api/indexes/tiny/map", params={"method": "umap", "sample": 60}, timeout=600)
+        assert first.status_code == 200 and first.json()["method"] == "umap", first.text
         yield url
 
 
