@@ -280,12 +280,6 @@ class SegmentedIndex:
         is not laid out as expected or does not hold this base. `progress(done, total)`."""
         if self.base.factory != "Flat" or len(self.base_tombstones):
             return None
-        try:
-            header, _ = vx.read_header(path)
-        except vx.IndexCorrupt:
-            return None
-        if (header["generation"], header["ntotal"]) != (self.base.generation, self.base.ntotal):
-            return None
         ids, vectors = self.live_vectors(self.segments)  # ascending: the segments' order, as merged_base adds them
         total, done = self.base.ntotal + len(ids), 0
 
@@ -295,7 +289,11 @@ class SegmentedIndex:
             if progress:
                 progress(done, total)
 
-        merged = vx.merge_flat_file(path, self.dead, ids, vectors, params=self.params, progress=step)
+        try:
+            merged = vx.merge_flat_file(path, self.dead, ids, vectors, params=self.params, progress=step,
+                                        holds=(self.base.generation, self.base.ntotal))
+        except vx.IndexCorrupt:
+            return None
         if merged is None:
             return None
         merged.params = self.params

@@ -508,17 +508,12 @@ class Store:
         if self.conn.execute("PRAGMA user_version").fetchone()[0] >= len(MIGRATIONS):
             return
         while True:
-            with self._migration_step():
+            with self._write_lock():  # in a create, a savepoint of its transaction (schema and manifest)
                 version = self.conn.execute("PRAGMA user_version").fetchone()[0]
                 if version >= len(MIGRATIONS):
                     return
                 MIGRATIONS[version](self.db)
                 self.conn.execute(f"PRAGMA user_version = {version + 1}")
-
-    @contextmanager
-    def _migration_step(self) -> Iterator[None]:
-        with self._write_lock():  # in a create, a savepoint of its transaction (schema and manifest)
-            yield
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:

@@ -452,16 +452,20 @@ _FLAT_CHUNK = 16_384  # rows read at a time when a Flat base is merged from its 
 
 
 def merge_flat_file(path: Path, drop: np.ndarray, ids: np.ndarray, vectors: np.ndarray, *,
-                    params: dict | None = None, progress: Callable[[int], None] | None = None) -> VectorIndex | None:
+                    params: dict | None = None, progress: Callable[[int], None] | None = None,
+                    holds: tuple[int, int] | None = None) -> VectorIndex | None:
     """A Flat index holding the vectors of the Flat file at `path` (but those of the ids in
     `drop`) followed by `vectors` under `ids`, read from the file a block at a time into an
     index allocated once at its final size: the file is never held in memory beside it (a copy
     of it read whole, then grown by FAISS's add, held about 2x the base at the peak). None when
-    the file is not a plain IDMap2(IndexFlatIP) laid out as FAISS writes one (the caller copies).
+    the file is not a plain IDMap2(IndexFlatIP) laid out as FAISS writes one, or its header's
+    (generation, ntotal) differs from `holds` (the caller copies).
     """
     header, _ = read_header(path)
     n, dim = int(header["ntotal"]), int(header["dim"])
     if header.get("format") != FILE_FORMAT_2 or header.get("factory") != "Flat" or header.get("tombstones"):
+        return None
+    if holds is not None and (header["generation"], n) != tuple(holds):
         return None
     faiss_bytes = int(header["bytes"])
     codes_end = faiss_bytes - 8 - 8 * n  # then: the id map's length (u64) and its ids (i64)
@@ -616,18 +620,13 @@ def read_header(path: Path, *, with_payload: bool = False) -> tuple[dict, bytes]
                         header["bytes"] + length + _TRAILER != size:
                     raise IndexCorrupt(f"{path} is truncated or damaged (its size does not match its header); "
                                        "run `latent rebuild`")
-                if with_payload and _header_fields_ok(header, FILE_FORMAT_2):
-                    _verify_crc(path, header, f)
+            _check_fields(path, header)
+            if with_payload and header["format"] == FILE_FORMAT_2:
+                _verify_crc(path, header, f)  # through this handle: a merge may delete the file meanwhile
     except FileNotFoundError:
         raise IndexCorrupt(f"{path} is missing; run `latent rebuild`") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise IndexCorrupt(f"{path} has a damaged header ({e}); run `latent rebuild`") from None
-    if not isinstance(header, dict) or header.get("format") not in (FILE_FORMAT, FILE_FORMAT_2):
-        raise IndexCorrupt(f"{path} has an unknown format; run `latent rebuild`")
-    wanted = _wanted_fields(header["format"])
-    missing = [k for k in wanted if not isinstance(header.get(k), str if k == "factory" else int)]
-    if missing:
-        raise IndexCorrupt(f"{path} has a damaged header (bad {', '.join(missing)}); run `latent rebuild`")
     if with_payload and header["format"] == FILE_FORMAT:
         fields = {k: v for k, v in header.items() if k != "crc32"}
         if len(payload) != header["bytes"] or _checksum(fields, payload) != header["crc32"]:
@@ -635,15 +634,14 @@ def read_header(path: Path, *, with_payload: bool = False) -> tuple[dict, bytes]
     return header, payload
 
 
-def _wanted_fields(file_format: int) -> tuple[str, ...]:
-    return _HEADER_FIELDS + (("since",) if file_format == FILE_FORMAT_2 else ())
-
-
-def _header_fields_ok(header, file_format: int) -> bool:
-    """Whether `header` is a dict of `file_format` with every field of the right type (read_header
-    says which is not; this only decides whether the checksum can be computed yet)."""
-    return isinstance(header, dict) and header.get("format") == file_format and all(
-        isinstance(header.get(k), str if k == "factory" else int) for k in _wanted_fields(file_format))
+def _check_fields(path: Path, header) -> None:
+    """IndexCorrupt unless `header` is a dict of a known format with every field of the right type."""
+    if not isinstance(header, dict) or header.get("format") not in (FILE_FORMAT, FILE_FORMAT_2):
+        raise IndexCorrupt(f"{path} has an unknown format; run `latent rebuild`")
+    wanted = _HEADER_FIELDS + (("since",) if header["format"] == FILE_FORMAT_2 else ())
+    missing = [k for k in wanted if not isinstance(header.get(k), str if k == "factory" else int)]
+    if missing:
+        raise IndexCorrupt(f"{path} has a damaged header (bad {', '.join(missing)}); run `latent rebuild`")
 
 
 def _header_v1(f, path: Path, head: bytes, with_payload: bool) -> tuple[dict, bytes]:
