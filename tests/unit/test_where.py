@@ -172,6 +172,18 @@ def test_parse_comparison_shapes():
     assert parse_where("x > 1e3")[1][-1] == 1000.0
 
 
+def test_an_and_chain_compares_first_and_checks_each_type_once():
+    # a range reads the field's type once, after both comparisons (which rule out most items first)
+    sql, params = parse_where("price >= 5 and price < 9 and name = x and not price = 7")
+    extract, check = "json_extract(metadata, '$.\"price\"')", "json_type(metadata, '$.\"price\"') IN ('integer','real')"
+    assert sql.startswith(f"({extract} >= ? AND {extract} < ? AND ((metadata GLOB ?)")
+    assert sql.endswith(f" AND {check})") and sql.count(check) == 1
+    assert params[:4] == [5, 9, '*"x"*', "x"] and params[-1] == 7
+    # alone, or in an `or`, a comparison keeps its check beside it
+    assert parse_where("price >= 5 or price < 1")[0] == f"(({extract} >= ? AND {check}) OR ({extract} < ? AND {check}))"
+    assert parse_where("not not price >= 5")[0] == f"NOT NOT ({extract} >= ? AND {check})"
+
+
 def test_parse_lists_and_negations():
     sql, params = parse_where('tag in (a, "b c", 3, -2.5e3, true)')
     assert "IN (?) AND json_type(metadata, '$.\"tag\"') IN ('true')" in sql
