@@ -110,16 +110,22 @@ def _shown(text: str, width: int = 40) -> str:
     return ascii(text if len(text) <= width else text[:width] + "...")
 
 
+# one encoder for every item (json.dumps with options makes a new one per call)
+_METADATA_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, allow_nan=False)
+
+
 def metadata_json(metadata) -> str:
     """Canonical JSON text of a metadata dict; InputError when it is not a JSON object of
     finite values, or holds what `_unstorable` refuses."""
     if not isinstance(metadata, dict):
         raise InputError(f"metadata must be a dict, not {type(metadata).__name__}")
+    if not metadata:
+        return "{}"
     problem = _unstorable(metadata)
     if problem:
         raise InputError(problem)
     try:
-        return json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
+        return _METADATA_ENCODER.encode(metadata)
     except (TypeError, ValueError) as e:
         raise InputError(f"metadata cannot be stored as JSON ({e})") from None
 
@@ -1206,9 +1212,9 @@ class Index:
             seen: set[str] = set()
             twice = next(k for k in keys if k in seen or seen.add(k))
             raise InputError(f"key {twice!r} is given twice; each key names one item")
-        zero = [k for k, v in zip(keys, vectors) if not v.any()]
-        if zero:
-            raise InputError(f"the vector of {zero[0]!r} is all zeros: it has no direction to search by")
+        zero = np.flatnonzero(~vectors.any(axis=1))
+        if len(zero):
+            raise InputError(f"the vector of {keys[zero[0]]!r} is all zeros: it has no direction to search by")
         metadata = list(metadata) if metadata is not None else [{} for _ in keys]
         texts = list(texts) if texts is not None else [None] * len(keys)
         if len(metadata) != len(keys) or len(texts) != len(keys):

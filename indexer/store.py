@@ -203,6 +203,8 @@ _FTS_QUERY_ERROR = re.compile(r"fts5:|unterminated string|no such column|unknown
 # SQLite's words for a statement it cannot parse or plan (as opposed to a damaged database)
 _QUERY_TOO_COMPLEX = re.compile(r"parser stack overflow|too large|too many|too deep|depth", re.IGNORECASE)
 ROW_CACHE_BYTES = 64 << 20  # rows of recent hits kept in memory, per open store (see Store.cached_rows)
+WRITE_CACHE_BYTES_PER_ROW = 384  # SQLite's page cache for a large batch, per new item (see Store._page_cache_for)
+WRITE_CACHE_MAX_BYTES = 256 << 20
 FILTER_CACHE_ENTRIES = 32  # answers of recent filters kept per open store (see Store.ids_where)
 _ROW_OVERHEAD = 400  # bytes of a cached row beyond its strings (tuple, ints, small dicts), roughly
 _BOUND_IDS = 256  # up to this many ids are bound as parameters (one cached statement per count)
@@ -304,6 +306,15 @@ def _libc():
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     return libc
+
+
+def _give_back_freed_memory() -> None:
+    """Return the heap memory freed so far to the system, where the C library can (glibc's
+    malloc_trim): the pages of a large write's cache are thousands of small blocks, which the
+    heap keeps otherwise (GloVe's 390,000 words: 91 MB held after the write)."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _map_read_only(target: str, size: int) -> int | None:
@@ -652,7 +663,7 @@ class Store:
         Each row has key, kind, text, path, content_hash, metadata (JSON text) and vector
         (float32 array). Returns (generation, ids of the inserted rows in `rows` order).
         """
-        with self.transaction("the batch"):
+        with self._page_cache_for(len(rows)), self.transaction("the batch"):
             generation = self._bump_generation()
             if replace_ids:
                 self._delete_ids(replace_ids, generation)
@@ -671,6 +682,28 @@ class Store:
                                      [(int(i), np.asarray(r["vector"], dtype=np.float32).tobytes())
                                       for i, r in zip(ids, rows)])
         return generation, ids
+
+    @contextmanager
+    def _page_cache_for(self, rows: int) -> Iterator[None]:
+        """SQLite's page cache, for one transaction of `rows` new items, large enough to hold the
+        pages it changes (WRITE_CACHE_BYTES_PER_ROW each, at most WRITE_CACHE_MAX_BYTES); smaller
+        again afterwards, its memory freed. With SQLite's default 2 MB, a large batch spilled pages
+        of the key and content-hash indexes (changed at random places) to the -wal file and
+        changed them again: GloVe's 390,000 words took 21.2 s to store, 8.2 s with 128 MiB."""
+        wanted = min(rows * WRITE_CACHE_BYTES_PER_ROW, WRITE_CACHE_MAX_BYTES) // 1024
+        conn = self.conn
+        before = conn.execute("PRAGMA cache_size").fetchone()[0]
+        current = before * conn.execute("PRAGMA page_size").fetchone()[0] // 1024 if before > 0 else -before
+        if wanted <= current:
+            yield
+            return
+        conn.execute(f"PRAGMA cache_size = -{wanted}")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA cache_size = {before}")
+            conn.execute("PRAGMA shrink_memory")
+            _give_back_freed_memory()
 
     def _delete_ids(self, ids: Sequence[int], generation: int) -> None:
         for start in range(0, len(ids), _CHUNK):

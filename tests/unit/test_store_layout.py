@@ -156,3 +156,26 @@ def test_index_field_command_indexes_lists_and_drops(made):
     assert "Dropped the index of tag" in result.stdout and result.stdout.rstrip().endswith(": year")
     result = run(cli, ["index-field", str(directory), "bad-name"])
     assert result.exit_code != 0 and "bad field name 'bad-name'" in result.stderr, result.output
+
+
+def test_a_large_batch_gets_a_page_cache_for_its_transaction_only(tmp_path, monkeypatch):
+    """A batch of many rows runs with SQLite's page cache raised to hold the pages it changes
+    (Store._page_cache_for); afterwards the cache is what it was, and a small batch keeps it."""
+    monkeypatch.setattr(store_module, "WRITE_CACHE_BYTES_PER_ROW", 64 << 10)  # 64 KiB a row: 300 rows > 2 MB
+    seen = []
+    bump = store_module.Store._bump_generation
+
+    def recording(self):
+        seen.append(self.conn.execute("PRAGMA cache_size").fetchone()[0])
+        return bump(self)
+
+    monkeypatch.setattr(store_module.Store, "_bump_generation", recording)
+    index = Index.create(tmp_path / "i", encoder="fake", index_type="flat")
+    before = index.store.conn.execute("PRAGMA cache_size").fetchone()[0]
+    vectors = np.random.default_rng(0).standard_normal((N, DIM)).astype(np.float32)
+    index.add_vectors([f"k{i}" for i in range(N)], vectors)
+    index.add_vectors(["one"], vectors[:1])
+    assert seen == [-(N * (64 << 10) // 1024), before]  # KiB, negative: a size, not a page count
+    assert index.store.conn.execute("PRAGMA cache_size").fetchone()[0] == before
+    assert len(index.store.ids()) == N + 1
+    index.close()
