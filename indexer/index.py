@@ -489,7 +489,7 @@ class Index:
                 spec = "flat"
 
             def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-                for ids, vectors in self.store.iter_vectors(self.dim):
+                for ids, vectors in self.store.read_ahead(lambda: self.store.iter_vectors(self.dim), generation):
                     if len(held):
                         probes.add(vectors, ids)
                         keep = ~np.isin(ids, held)
@@ -1292,7 +1292,8 @@ class Index:
 
     def _repair_rows(self) -> list[str]:
         repaired: list[str] = []
-        bad = self.store.damaged_rows(self.dim)["vector"]
+        damaged = self.store.damaged_rows(self.dim)  # one scan of every row; a vector repair changes no metadata
+        bad = damaged["vector"]
         if bad:
             lost = [key for _, key, text in bad if not text]
             if lost:
@@ -1302,7 +1303,6 @@ class Index:
             vectors = self.encoder.encode([text for _, _, text in bad])
             self.store.set_vectors([i for i, _, _ in bad], vectors)
             repaired.append(f"re-encoded {len(bad)} damaged vector(s) from their text ({_keys([k for _, k, _ in bad])})")
-        damaged = self.store.damaged_rows(self.dim)
         if damaged["metadata"]:
             self.store.keep_metadata_as_text([i for i, _, _ in damaged["metadata"]])
             repaired.append(f"kept the unreadable metadata of {len(damaged['metadata'])} item(s) as text under "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import queue
 import re
 import sqlite3
 import threading
@@ -20,7 +21,7 @@ import weakref
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -223,6 +224,18 @@ class SnapshotMoved(Exception):
     """A lazy snapshot (Store.lazy_snapshot) found, at its first statement, that a write had
     committed since its generation was vouched for: the caller starts again with a snapshot that
     reads the generation first. Internal: search_vectors retries on it; it never reaches users."""
+
+
+_END, _MOVED = object(), object()  # Store.read_ahead's signals: all read; the store moved on
+
+
+class _Failed:
+    """An exception of Store.read_ahead's thread, raised in the caller's."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
 class _Connection:
@@ -860,6 +873,54 @@ class Store:
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             yield ids, _to_matrix([r[1] or b"" for r in rows], dim)
             last = int(ids[-1])
+
+    def read_ahead(self, make: Callable[[], Iterator], generation: int) -> Iterator:
+        """What `make()` yields (reads of this store), read one item ahead by a thread of its own,
+        so that SQLite's reading overlaps the caller's work on the item before (FAISS adding a
+        block of vectors). That thread reads in a read transaction of its own connection, which
+        must be at `generation`, the caller's: when a write committed in between, it reads
+        nothing and the caller reads everything itself, in its own snapshot."""
+        handoff: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    handoff.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def produce() -> None:
+            try:
+                with self.snapshot():
+                    if self._read_generation(self.conn) != generation:
+                        put(_MOVED)
+                        return
+                    for item in make():
+                        if not put(item):
+                            return
+                put(_END)
+            except BaseException as e:  # raised in the caller
+                put(_Failed(e))
+
+        reader = threading.Thread(target=produce, name="latent-read-ahead", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = handoff.get()
+                if item is _END:
+                    return
+                if item is _MOVED:
+                    yield from make()
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+            reader.join()
 
     def deleted_since(self, generation: int) -> np.ndarray:
         rows = self.db.execute("SELECT id FROM deleted WHERE generation > ?", [generation]).fetchall()

@@ -179,3 +179,46 @@ def test_a_large_batch_gets_a_page_cache_for_its_transaction_only(tmp_path, monk
     assert index.store.conn.execute("PRAGMA cache_size").fetchone()[0] == before
     assert len(index.store.ids()) == N + 1
     index.close()
+
+
+def test_read_ahead_yields_the_callers_snapshot_even_when_a_write_came_between(made):
+    """Store.read_ahead reads in a thread of its own at the caller's generation; when a write
+    committed after the caller's snapshot began, the caller reads in its own snapshot: the
+    blocks are those of its generation either way, in order."""
+    directory, _ = made
+    with Index.open(directory) as index, Index.open(directory) as writer:
+        store = index.store
+
+        def blocks():
+            return store.iter_vectors(DIM, block=64)
+
+        with store.snapshot():
+            generation = store.generation()
+            expected = [(ids.tolist(), vectors.tobytes()) for ids, vectors in blocks()]
+            assert len(expected) > 2
+            assert [(i.tolist(), v.tobytes()) for i, v in store.read_ahead(blocks, generation)] == expected
+            writer.add_vectors(["late"], np.ones((1, DIM), np.float32))  # another connection commits
+            assert store.generation() == generation  # (the caller's snapshot has not moved)
+            assert [(i.tolist(), v.tobytes()) for i, v in store.read_ahead(blocks, generation)] == expected
+        with store.snapshot():
+            now = [ids for ids, _ in store.read_ahead(blocks, store.generation())]
+            assert sum(len(ids) for ids in now) == sum(len(ids) for ids, _ in expected) + 1
+
+
+def test_read_ahead_raises_the_readers_error_and_stops_when_the_caller_stops(made):
+    directory, _ = made
+    with Index.open(directory) as index:
+        store = index.store
+
+        def failing():
+            yield from store.iter_vectors(DIM, block=64)
+            raise store_module.IndexCorrupt("a damaged block")
+
+        with store.snapshot():
+            generation = store.generation()
+            with pytest.raises(store_module.IndexCorrupt, match="a damaged block"):
+                list(store.read_ahead(failing, generation))
+            ahead = store.read_ahead(lambda: store.iter_vectors(DIM, block=16), generation)
+            first = next(ahead)
+            ahead.close()  # the reading thread ends (joined), not blocked on a full hand-off
+            assert len(first[0]) == 16
