@@ -56,8 +56,8 @@ MAX_CONDITIONS = 256  # comparisons and memberships in one filter
 class _Compare:
     """A comparison outside `not`: the comparison itself and the type check that must hold beside
     it. An `and` chain writes every comparison before the type checks, each check once (a range
-    `a >= 1 and a < 9` reads the type once, and only for items inside the range: a scan at 1M
-    items, 1.37 s -> 1.05 s); alone, it is `(comparison AND check)`."""
+    `a >= 1 and a < 9` reads the type once, and only for items inside the range: the scan of an
+    unindexed range at 1M items, median 921 ms -> 740 ms); alone, it is `(comparison AND check)`."""
     comparison: str
     check: str
 

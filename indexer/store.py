@@ -324,7 +324,8 @@ def _libc():
 def _give_back_freed_memory() -> None:
     """Return the heap memory freed so far to the system, where the C library can (glibc's
     malloc_trim): the pages of a large write's cache are thousands of small blocks, which the
-    heap keeps otherwise (GloVe's 390,000 words: 91 MB held after the write)."""
+    heap keeps otherwise (GloVe's 390,000 words: RSS after the write 631 MiB without this, 555
+    MiB with it, 542 MiB with no write cache at all)."""
     trim = getattr(_libc(), "malloc_trim", None)
     if trim is not None:
         trim(0)
@@ -702,7 +703,7 @@ class Store:
         pages it changes (WRITE_CACHE_BYTES_PER_ROW each, at most WRITE_CACHE_MAX_BYTES); smaller
         again afterwards, its memory freed. With SQLite's default 2 MB, a large batch spilled pages
         of the key and content-hash indexes (changed at random places) to the -wal file and
-        changed them again: GloVe's 390,000 words took 21.2 s to store, 8.2 s with 128 MiB."""
+        changed them again: storing GloVe's 390,000 words took 20.1 s, and 8.9 s with this cache."""
         wanted = min(rows * WRITE_CACHE_BYTES_PER_ROW, WRITE_CACHE_MAX_BYTES) // 1024
         conn = self.conn
         before = conn.execute("PRAGMA cache_size").fetchone()[0]
